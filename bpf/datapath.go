@@ -1,0 +1,376 @@
+// Package bpf loads lanmonitor's XDP program (lanmonitor.c) and owns its maps:
+// it sizes them before load, converts between netip types and the program's
+// keys, keeps the blocklist and protected prefixes in sync, and reads the
+// counters. It does not attach the program to an interface; package agent does.
+//
+// Byte order: addresses are 16 bytes in network byte order (IPv4 mapped), as
+// on the wire; counters and ports are host byte order.
+package bpf
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/rlimit"
+)
+
+// Default map sizes.
+const (
+	DefaultMaxTrackedSources = 65536
+	DefaultMaxPrefixes       = 262144
+	DefaultMaxRules          = 4096
+	DefaultSampleRingBytes   = 256 << 10
+)
+
+// filterBitsPerPrefix sizes the Bloom filter: with two bits per prefix in a
+// 64-bit word, 16 bits per prefix give a false-positive rate per probe of
+// about 1% at full capacity, and far less below it.
+const filterBitsPerPrefix = 16
+
+// Config sizes the program's maps. Zero fields take the defaults above.
+type Config struct {
+	// MaxTrackedSources is the capacity of the talker map (an LRU: when full,
+	// the least recently seen source is evicted).
+	MaxTrackedSources uint32
+	// MaxPrefixes is the capacity of the rule map, all tables together.
+	MaxPrefixes uint32
+	// MaxRules bounds rule IDs: valid IDs are 1..MaxRules-1.
+	MaxRules uint32
+	// SampleRingBytes is the flow-sample ring buffer size: a power of two
+	// and a multiple of the page size.
+	SampleRingBytes uint32
+	// PinPath, when set, is a directory on a bpffs where the maps are pinned
+	// by name. Maps already pinned there are reused (adopted) when they
+	// match, so counters and rules survive a restart.
+	PinPath string
+}
+
+func (c *Config) setDefaults() {
+	if c.MaxTrackedSources == 0 {
+		c.MaxTrackedSources = DefaultMaxTrackedSources
+	}
+	if c.MaxPrefixes == 0 {
+		c.MaxPrefixes = DefaultMaxPrefixes
+	}
+	if c.MaxRules == 0 {
+		c.MaxRules = DefaultMaxRules
+	}
+	if c.SampleRingBytes == 0 {
+		c.SampleRingBytes = DefaultSampleRingBytes
+	}
+}
+
+// filterWords is the number of 64-bit words of the Bloom filter: a power of
+// two holding filterBitsPerPrefix bits per prefix.
+func (c *Config) filterWords() uint32 {
+	words := uint32(1)
+	for uint64(words)*64 < uint64(c.MaxPrefixes)*filterBitsPerPrefix {
+		words <<= 1
+	}
+	return words
+}
+
+// Datapath is the loaded XDP program and its maps. Its methods are safe for
+// concurrent use.
+type Datapath struct {
+	objs lanmonitorObjects
+	cfg  Config
+	cpus int
+
+	mu       sync.Mutex
+	settings lanmonitorLmConfig
+	rules    map[lanmonitorLmRuleKey]Rule
+	filter   *ruleFilter
+	// lengthRefs counts prefixes per table, family (0 IPv4, 1 IPv6) and
+	// prefix length, to know when a length's bit can be cleared.
+	lengthRefs [tableCount][2][129]uint32
+}
+
+// Load loads the XDP program into the kernel with maps sized by cfg.
+// With cfg.PinPath set, it creates the directory, pins the maps there and
+// adopts maps already pinned (their rules and counters are kept); pinned maps
+// of a different size or layout are an error.
+// Errors: the kernel refusing the program (verifier log included), missing
+// privileges (CAP_BPF, CAP_NET_ADMIN), or pinning failures.
+func Load(cfg Config) (*Datapath, error) {
+	cfg.setDefaults()
+	if cfg.MaxRules < 2 {
+		return nil, fmt.Errorf("max rules %d: must be at least 2", cfg.MaxRules)
+	}
+	// Needed on kernels older than 5.11 only; a no-op on newer ones.
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("remove memlock limit: %w", err)
+	}
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		return nil, fmt.Errorf("count possible CPUs: %w", err)
+	}
+	spec, err := loadLanmonitor()
+	if err != nil {
+		return nil, fmt.Errorf("load program spec: %w", err)
+	}
+	spec.Maps[lanmonitorMapLmTalkers].MaxEntries = cfg.MaxTrackedSources
+	spec.Maps[lanmonitorMapLmRules].MaxEntries = cfg.MaxPrefixes
+	spec.Maps[lanmonitorMapLmFilter].MaxEntries = cfg.filterWords()
+	spec.Maps[lanmonitorMapLmRuleStats].MaxEntries = cfg.MaxRules
+	spec.Maps[lanmonitorMapLmSamples].MaxEntries = cfg.SampleRingBytes
+	if err := spec.Variables[lanmonitorVarLmFilterWordMask].Set(cfg.filterWords() - 1); err != nil {
+		return nil, fmt.Errorf("set filter size: %w", err)
+	}
+
+	opts := &ebpf.CollectionOptions{}
+	if cfg.PinPath != "" {
+		if err := os.MkdirAll(cfg.PinPath, 0o700); err != nil {
+			return nil, fmt.Errorf("create pin directory: %w", err)
+		}
+		for _, name := range []string{lanmonitorMapLmTalkers, lanmonitorMapLmRules, lanmonitorMapLmFilter,
+			lanmonitorMapLmRuleStats, lanmonitorMapLmGlobalStats, lanmonitorMapLmSettings} {
+			spec.Maps[name].Pinning = ebpf.PinByName
+		}
+		opts.Maps.PinPath = cfg.PinPath
+	}
+
+	d := &Datapath{cfg: cfg, cpus: cpus, rules: map[lanmonitorLmRuleKey]Rule{}, filter: newRuleFilter(cfg.filterWords())}
+	if err := spec.LoadAndAssign(&d.objs, opts); err != nil {
+		var verr *ebpf.VerifierError
+		if errors.As(err, &verr) {
+			return nil, fmt.Errorf("load xdp program: %+v", verr)
+		}
+		return nil, fmt.Errorf("load xdp program: %w", err)
+	}
+	if err := d.adopt(); err != nil {
+		return nil, errors.Join(err, d.objs.Close())
+	}
+	return d, nil
+}
+
+// adopt rebuilds the Go mirror of rules, filter and settings from the maps,
+// which are empty unless they were pinned by an earlier run.
+func (d *Datapath) adopt() error {
+	var zero uint32
+	if err := d.objs.LmSettings.Lookup(zero, &d.settings); err != nil {
+		return fmt.Errorf("read settings: %w", err)
+	}
+	var (
+		key lanmonitorLmRuleKey
+		val lanmonitorLmRule
+	)
+	it := d.objs.LmRules.Iterate()
+	for it.Next(&key, &val) {
+		d.rules[key] = Rule{ID: val.RuleId, Mode: Mode(val.Mode)}
+		d.filter.add(key)
+		d.refLength(key, +1)
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read rules: %w", err)
+	}
+	if len(d.rules) > 0 {
+		if err := d.writeFilter(); err != nil {
+			return err
+		}
+	}
+	// The length bits follow from the rules; rewrite them in case an
+	// earlier run died between writing entries and bits.
+	for t := range tableCount {
+		for fam := range 2 {
+			for l := range 129 {
+				d.setLengthBit(Table(t), fam, l, d.lengthRefs[t][fam][l] > 0)
+			}
+		}
+	}
+	return d.writeSettings()
+}
+
+// Program returns the XDP program, to attach it or to run it with
+// BPF_PROG_TEST_RUN. It stays owned by the Datapath.
+func (d *Datapath) Program() *ebpf.Program { return d.objs.LanmonitorXdp }
+
+// SamplesMap returns the ring buffer of flow samples (see ReadSample).
+func (d *Datapath) SamplesMap() *ebpf.Map { return d.objs.LmSamples }
+
+// Config returns the sizes the program was loaded with.
+func (d *Datapath) Config() Config { return d.cfg }
+
+// Close releases the program and the maps (pins stay). Returns every error
+// met, joined.
+func (d *Datapath) Close() error {
+	return errors.Join(
+		d.objs.LanmonitorXdp.Close(),
+		d.objs.LmTalkers.Close(),
+		d.objs.LmRules.Close(),
+		d.objs.LmFilter.Close(),
+		d.objs.LmRuleStats.Close(),
+		d.objs.LmGlobalStats.Close(),
+		d.objs.LmSettings.Close(),
+		d.objs.LmSamples.Close(),
+	)
+}
+
+// Unpin removes the maps' pins (when loaded with a PinPath) and the pin
+// directory if it is then empty.
+func (d *Datapath) Unpin() error {
+	if d.cfg.PinPath == "" {
+		return nil
+	}
+	err := errors.Join(
+		d.objs.LmTalkers.Unpin(),
+		d.objs.LmRules.Unpin(),
+		d.objs.LmFilter.Unpin(),
+		d.objs.LmRuleStats.Unpin(),
+		d.objs.LmGlobalStats.Unpin(),
+		d.objs.LmSettings.Unpin(),
+	)
+	// The directory stays when something else (a link pin) still lives there.
+	if rmErr := os.Remove(d.cfg.PinPath); rmErr != nil && !errors.Is(rmErr, os.ErrNotExist) && !errors.Is(rmErr, syscall.ENOTEMPTY) {
+		err = errors.Join(err, rmErr)
+	}
+	return err
+}
+
+// SetInterfaceMAC tells the program the interface's own MAC address: frames
+// to it (and to broadcast/multicast addresses) count as local, others as
+// snooped. Only local frames are ever dropped.
+func (d *Datapath) SetInterfaceMAC(mac net.HardwareAddr) error {
+	if len(mac) != 6 {
+		return fmt.Errorf("interface mac %q: want 6 bytes, got %d", mac, len(mac))
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	copy(d.settings.IfMac[:], mac)
+	return d.writeSettings()
+}
+
+// SetSampleRate sets flow sampling to 1 in n packets; 0 turns it off.
+func (d *Datapath) SetSampleRate(n uint32) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.settings.SampleRate = n
+	return d.writeSettings()
+}
+
+func (d *Datapath) writeSettings() error {
+	if err := d.objs.LmSettings.Update(uint32(0), &d.settings, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write settings: %w", err)
+	}
+	return nil
+}
+
+// Stats returns the global counters summed over CPUs.
+func (d *Datapath) Stats() (Stats, error) {
+	var per []lanmonitorLmStats
+	if err := d.objs.LmGlobalStats.Lookup(uint32(0), &per); err != nil {
+		return Stats{}, fmt.Errorf("read global counters: %w", err)
+	}
+	var s Stats
+	for i := range per {
+		s.add(&per[i])
+	}
+	return s, nil
+}
+
+// RuleCounters returns the counters of every rule ID that matched at least
+// one frame, summed over CPUs, keyed by rule ID.
+func (d *Datapath) RuleCounters() (map[uint32]RuleCounters, error) {
+	n := int(d.cfg.MaxRules)
+	keys := make([]uint32, n)
+	vals := make([]lanmonitorLmRuleCounters, n*d.cpus)
+	var cursor ebpf.MapBatchCursor
+	got, err := d.objs.LmRuleStats.BatchLookup(&cursor, keys, vals, nil)
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return nil, fmt.Errorf("read rule counters: %w", err)
+	}
+	out := map[uint32]RuleCounters{}
+	for i := range got {
+		var c RuleCounters
+		for cpu := range d.cpus {
+			v := &vals[i*d.cpus+cpu]
+			c.Matched += v.Matched
+			c.Dropped += v.Dropped
+			c.Exempted += v.Exempted
+		}
+		if c != (RuleCounters{}) {
+			out[keys[i]] = c
+		}
+	}
+	return out, nil
+}
+
+// ResetRuleCounters zeroes the counters of rule IDs, so that a freed ID can be
+// given to a new rule without inheriting counts.
+func (d *Datapath) ResetRuleCounters(ids ...uint32) error {
+	zero := make([]lanmonitorLmRuleCounters, d.cpus)
+	for _, id := range ids {
+		if err := d.objs.LmRuleStats.Update(id, zero, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("reset counters of rule %d: %w", id, err)
+		}
+	}
+	return nil
+}
+
+// talkerBatch is how many talkers are read per BPF_MAP_LOOKUP_BATCH call.
+const talkerBatch = 4096
+
+// Talkers returns every tracked source with its counters summed over CPUs, in
+// no particular order.
+func (d *Datapath) Talkers() ([]Talker, error) {
+	keys := make([]lanmonitorLmAddr, talkerBatch)
+	vals := make([]lanmonitorLmTalker, talkerBatch*d.cpus)
+	var (
+		out    []Talker
+		cursor ebpf.MapBatchCursor
+	)
+	for {
+		n, err := d.objs.LmTalkers.BatchLookup(&cursor, keys, vals, nil)
+		for i := range n {
+			t := Talker{Addr: Addr(keys[i].Bytes)}
+			for cpu := range d.cpus {
+				v := &vals[i*d.cpus+cpu]
+				t.Packets += v.Packets
+				t.Bytes += v.Bytes
+				t.LocalPackets += v.LocalPackets
+				t.SnoopedPackets += v.SnoopedPackets
+			}
+			out = append(out, t)
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read talkers: %w", err)
+		}
+	}
+}
+
+// ReadSample decodes one record read from SamplesMap.
+func ReadSample(raw []byte) (FlowSample, error) {
+	var s lanmonitorLmFlowSample
+	if _, err := binary.Decode(raw, binary.NativeEndian, &s); err != nil {
+		return FlowSample{}, fmt.Errorf("decode flow sample: %w", err)
+	}
+	return FlowSample{
+		Src:      Addr(s.Src.Bytes).NetIP(),
+		Dst:      Addr(s.Dst.Bytes).NetIP(),
+		SrcPort:  s.SrcPort,
+		DstPort:  s.DstPort,
+		Protocol: s.Protocol,
+		Local:    s.Flags&sampleLocal != 0,
+		Fragment: s.Flags&sampleFragment != 0,
+		Dropped:  s.Verdict == xdpDrop,
+		RuleID:   s.RuleId,
+		FrameLen: s.FrameLen,
+		Ifindex:  s.Ifindex,
+	}, nil
+}
+
+// Flags of lm_flow_sample (types.h) and XDP verdicts (linux/bpf.h).
+const (
+	sampleLocal    = 1 << 0
+	sampleFragment = 1 << 1
+	xdpDrop        = 1
+)

@@ -1,0 +1,236 @@
+//go:build ignore
+
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * lanmonitor.c: the XDP program. Read top to bottom, it follows a frame:
+ * count it, parse it, count its source, match it against the blocklist,
+ * maybe sample it, return the verdict.
+ *
+ * Verdicts: XDP_PASS or XDP_DROP, never XDP_ABORTED. A frame that does not
+ * parse is passed and counted as malformed; the kernel's own stack drops such
+ * frames after us (ip_rcv_core and ipv6_rcv check the same lengths), so
+ * passing them opens no hole in the blocklist.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "types.h"
+#include "maps.h"
+#include "parsing.h"
+#include "lookup.h"
+
+#define LM_EEXIST 17
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+/*
+ * lm_is_local: whether the frame is addressed to this interface: its own
+ * MAC, broadcast, or any multicast address (I/G bit set, IEEE 802-2014 8.2).
+ */
+static __always_inline int lm_is_local(const struct ethhdr *eth, const struct lm_config *cfg)
+{
+	__u32 a32, b32;
+	__u16 a16, b16;
+
+	if (eth->h_dest[0] & 1)
+		return 1;
+	__builtin_memcpy(&a32, &eth->h_dest[0], 4);
+	__builtin_memcpy(&a16, &eth->h_dest[4], 2);
+	__builtin_memcpy(&b32, &cfg->if_mac[0], 4);
+	__builtin_memcpy(&b16, &cfg->if_mac[4], 2);
+	return a32 == b32 && a16 == b16;
+}
+
+/*
+ * lm_count_talker: add one frame of len bytes to the source's per-CPU
+ * counters. Increment in place; on a miss insert with BPF_NOEXIST, and if
+ * another CPU inserted the key first (-EEXIST), look it up again and
+ * increment, so no frame is lost.
+ */
+static __always_inline void lm_count_talker(struct lm_stats *st, const struct lm_addr *src, __u64 len, int local)
+{
+	struct lm_talker *t = bpf_map_lookup_elem(&lm_talkers, src);
+
+	if (!t) {
+		struct lm_talker init = {
+			.packets = 1,
+			.bytes = len,
+			.local_packets = local ? 1 : 0,
+			.snooped_packets = local ? 0 : 1,
+		};
+		long err = bpf_map_update_elem(&lm_talkers, src, &init, BPF_NOEXIST);
+
+		if (err == 0) {
+			st->talker_inserts++;
+			return;
+		}
+		if (err == -LM_EEXIST)
+			t = bpf_map_lookup_elem(&lm_talkers, src);
+		if (!t) {
+			st->talker_insert_errors++;
+			return;
+		}
+	}
+	t->packets++;
+	t->bytes += len;
+	if (local)
+		t->local_packets++;
+	else
+		t->snooped_packets++;
+}
+
+/*
+ * lm_apply_rule: count a blocklist match of addr against rule r and decide.
+ * A protected address is exempted (passed). An Enforce rule drops frames
+ * addressed to this interface; snooped frames are only counted, since the
+ * stack discards frames for other hosts anyway. Audit rules only count.
+ */
+static __always_inline int lm_apply_rule(const struct lm_config *cfg, struct lm_stats *st, __u32 rule_id, __u8 mode,
+					 const struct lm_addr *addr, int ipv6, int local)
+{
+	struct lm_rule_counters *rc = bpf_map_lookup_elem(&lm_rule_stats, &rule_id);
+
+	if (rc)
+		rc->matched++;
+	if (lm_has_lengths(&cfg->lengths[LM_TABLE_PROTECTED], ipv6) &&
+	    lm_lookup(&cfg->lengths[LM_TABLE_PROTECTED], addr, LM_TABLE_PROTECTED, ipv6)) {
+		if (rc)
+			rc->exempted++;
+		st->exempted++;
+		return XDP_PASS;
+	}
+	if (mode == LM_MODE_ENFORCE && local) {
+		if (rc)
+			rc->dropped++;
+		return XDP_DROP;
+	}
+	return XDP_PASS;
+}
+
+static __always_inline void lm_sample(struct lm_stats *st, struct xdp_md *ctx, const struct lm_packet *pkt,
+				      int local, int verdict, __u32 rule_id, __u32 len)
+{
+	struct lm_flow_sample *s = bpf_ringbuf_reserve(&lm_samples, sizeof(*s), 0);
+
+	if (!s) {
+		st->samples_lost++;
+		return;
+	}
+	__builtin_memcpy(&s->src, &pkt->src, sizeof(s->src));
+	__builtin_memcpy(&s->dst, &pkt->dst, sizeof(s->dst));
+	s->src_port = pkt->src_port;
+	s->dst_port = pkt->dst_port;
+	s->protocol = pkt->protocol;
+	s->flags = (local ? LM_SAMPLE_LOCAL : 0) | (pkt->fragment ? LM_SAMPLE_FRAGMENT : 0) |
+		   (pkt->ipv6 ? LM_SAMPLE_IPV6 : 0);
+	s->verdict = verdict;
+	s->pad = 0;
+	s->rule_id = rule_id;
+	s->frame_len = len;
+	s->ifindex = ctx->ingress_ifindex;
+	s->pad2 = 0;
+	bpf_ringbuf_submit(s, 0);
+}
+
+SEC("xdp")
+int lanmonitor_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct lm_cursor c = { .pos = data };
+	struct lm_packet pkt = {};
+	struct lm_config *cfg;
+	struct lm_stats *st;
+	struct ethhdr *eth;
+	__u32 zero = 0, l3_len = 0, rule_id = 0;
+	__u64 len = data_end - data;
+	int proto, has_l4 = 0, local, verdict = XDP_PASS;
+	void *l3;
+
+	st = bpf_map_lookup_elem(&lm_global_stats, &zero);
+	cfg = bpf_map_lookup_elem(&lm_settings, &zero);
+	if (!st || !cfg)
+		return XDP_PASS;
+	st->packets++;
+	st->bytes += len;
+
+	/* Layer 2: Ethernet and VLAN tags. */
+	proto = lm_parse_eth(&c, data_end, &eth, &pkt);
+	if (pkt.vlan_tags)
+		st->vlan_tagged++;
+	if (proto < 0)
+		goto malformed;
+	local = lm_is_local(eth, cfg);
+	if (local)
+		st->local++;
+	else
+		st->snooped++;
+
+	/* Layer 3: IPv4 or IPv6 (behind at most LM_MAX_VLAN_TAGS tags). */
+	l3 = c.pos;
+	if (proto == ETH_P_IP)
+		proto = lm_parse_ipv4(&c, data_end, &pkt, &l3_len, &has_l4);
+	else if (proto == ETH_P_IPV6)
+		proto = lm_parse_ipv6(&c, data_end, &pkt, &l3_len, &has_l4);
+	else
+		goto non_ip;
+	if (proto < 0)
+		goto malformed;
+	pkt.protocol = proto;
+
+	/* Layer 4: ports. A first fragment may legally end inside them. */
+	if (has_l4) {
+		__u32 off = c.pos - l3;
+
+		if (lm_parse_l4(&c, data_end, &pkt, l3_len - off) < 0 && !pkt.fragment)
+			goto malformed;
+	}
+
+	if (pkt.ipv6)
+		st->ipv6++;
+	else
+		st->ipv4++;
+	if (pkt.fragment)
+		st->fragments++;
+
+	lm_count_talker(st, &pkt.src, len, local);
+
+	/* Blocklist: source, then destination, longest prefix wins. */
+	if (lm_has_lengths(&cfg->lengths[LM_TABLE_SOURCE], pkt.ipv6)) {
+		__u64 res = lm_lookup(&cfg->lengths[LM_TABLE_SOURCE], &pkt.src, LM_TABLE_SOURCE, pkt.ipv6);
+
+		if (res) {
+			rule_id = LM_RESULT_RULE(res);
+			verdict = lm_apply_rule(cfg, st, rule_id, LM_RESULT_MODE(res), &pkt.src, pkt.ipv6, local);
+		}
+	}
+	if (verdict == XDP_PASS && lm_has_lengths(&cfg->lengths[LM_TABLE_DESTINATION], pkt.ipv6)) {
+		__u64 res = lm_lookup(&cfg->lengths[LM_TABLE_DESTINATION], &pkt.dst, LM_TABLE_DESTINATION, pkt.ipv6);
+
+		/* A Both rule matching source and destination counts once. */
+		if (res && LM_RESULT_RULE(res) != rule_id) {
+			rule_id = LM_RESULT_RULE(res);
+			verdict = lm_apply_rule(cfg, st, rule_id, LM_RESULT_MODE(res), &pkt.dst, pkt.ipv6, local);
+		}
+	}
+
+	if (cfg->sample_rate && bpf_get_prandom_u32() % cfg->sample_rate == 0)
+		lm_sample(st, ctx, &pkt, local, verdict, rule_id, len);
+
+	if (verdict == XDP_DROP)
+		st->dropped++;
+	else
+		st->passed++;
+	return verdict;
+
+malformed:
+	st->malformed++;
+	st->passed++;
+	return XDP_PASS;
+non_ip:
+	st->non_ip++;
+	st->passed++;
+	return XDP_PASS;
+}

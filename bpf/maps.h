@@ -1,0 +1,81 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * maps.h: every map of the XDP program. The max_entries written here are
+ * placeholders: Go sets the real sizes before load (bpf.Config).
+ */
+#ifndef LANMONITOR_MAPS_H
+#define LANMONITOR_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#include "types.h"
+
+/* Key: struct lm_addr (source address). Value: struct lm_talker per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct lm_addr);
+	__type(value, struct lm_talker);
+} lm_talkers SEC(".maps");
+
+/*
+ * Key: struct lm_rule_key (masked prefix, length, table). Value: struct lm_rule.
+ * One exact-match entry per prefix; the longest-prefix match is done by
+ * probing the lengths present (lm_settings.lengths), longest first, each probe
+ * guarded by lm_filter.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lm_rule_key);
+	__type(value, struct lm_rule);
+} lm_rules SEC(".maps");
+
+/*
+ * Key: __u32 word index. Value: __u64, 64 bits of a Bloom filter over the
+ * keys of lm_rules (two bits per key, see lm_rule_hash). A clear bit proves
+ * a key absent without a hash-table lookup. Maintained by Go.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u64);
+} lm_filter SEC(".maps");
+
+/* Key: __u32 rule ID. Value: struct lm_rule_counters per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct lm_rule_counters);
+} lm_rule_stats SEC(".maps");
+
+/* Key: __u32 0. Value: struct lm_stats per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lm_stats);
+} lm_global_stats SEC(".maps");
+
+/* Key: __u32 0. Value: struct lm_config. Written by Go at any time. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lm_config);
+} lm_settings SEC(".maps");
+
+/* Ring buffer of struct lm_flow_sample records. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 18);
+} lm_samples SEC(".maps");
+
+/* Emits struct lm_flow_sample into BTF for bpf2go; never used. */
+const struct lm_flow_sample lm_unused_flow_sample __attribute__((unused));
+
+#endif /* LANMONITOR_MAPS_H */
