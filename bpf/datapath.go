@@ -178,10 +178,11 @@ func (d *Datapath) adopt() error {
 	// The length bits follow from the rules; rewrite them in case an
 	// earlier run died between writing entries and bits.
 	for t := range tableCount {
-		for fam := range 2 {
-			for l := range 129 {
-				d.setLengthBit(Table(t), fam, l, d.lengthRefs[t][fam][l] > 0)
-			}
+		for l := range 33 {
+			d.setLengthBit(Table(t), 0, l, d.lengthRefs[t][0][l] > 0)
+		}
+		for l := range 129 {
+			d.setLengthBit(Table(t), 1, l, d.lengthRefs[t][1][l] > 0)
 		}
 	}
 	return d.writeSettings()

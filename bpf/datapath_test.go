@@ -5,8 +5,10 @@ import (
 	"net"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/ringbuf"
 	"github.com/google/gopacket/layers"
 
 	"github.com/lanmonitor/lanmonitor/bpf"
@@ -154,6 +156,11 @@ type tcase struct {
 	talker string
 	// rulesDelta are the expected per-rule counter deltas.
 	rulesDelta map[uint32]bpf.RuleCounters
+	// noPorts: the sample carries no ports (non-first fragment, or an
+	// extension-header chain longer than the walk, whose protocol is then
+	// sampleProto).
+	noPorts     bool
+	sampleProto layers.IPProtocol
 }
 
 func udp4(i int) frames.Spec {
@@ -284,7 +291,8 @@ func cases() []tcase {
 			nine = append(nine, frames.Ext{Type: frames.ExtDestination, Len: 8})
 		}
 		add(tcase{name: "ipv6 chain longer than the walk still blocked", spec: with(udp6(i), func(s *frames.Spec) { s.IPv6Ext = nine }),
-			rules: []rule{blockSrc(src6(i).String()+"/128", 11)}, verdict: xdpDrop, rulesDelta: map[uint32]bpf.RuleCounters{11: rc(1, 1, 0)}})
+			rules: []rule{blockSrc(src6(i).String()+"/128", 11)}, verdict: xdpDrop, rulesDelta: map[uint32]bpf.RuleCounters{11: rc(1, 1, 0)},
+			noPorts: true, sampleProto: frames.ExtDestination})
 	}
 
 	// Fragments: first, middle, last, tiny non-first; and a blocked source
@@ -301,27 +309,27 @@ func cases() []tcase {
 			if f.off == 1 {
 				s.Payload = 8
 			}
-		}), verdict: xdpPass, fragment: true})
+		}), verdict: xdpPass, fragment: true, noPorts: f.off != 0})
 		add(tcase{name: "ipv6 fragment " + f.name, spec: with(udp6(next()), func(s *frames.Spec) {
 			s.IPv6Ext = []frames.Ext{{Type: frames.ExtFragment, FragOffset: f.off, More: f.more}}
 			if f.off == 1 {
 				s.Payload = 8
 			}
-		}), verdict: xdpPass, fragment: true})
+		}), verdict: xdpPass, fragment: true, noPorts: f.off != 0})
 	}
 	for _, f := range fragments {
 		i := next()
 		add(tcase{name: "ipv4 blocked fragment " + f.name, spec: with(udp4(i), func(s *frames.Spec) { s.FragOffset, s.MoreFragments = f.off, f.more }),
-			rules: []rule{blockSrc("198.18.1.0/24", 12)}, verdict: xdpDrop, fragment: true, rulesDelta: map[uint32]bpf.RuleCounters{12: rc(1, 1, 0)}})
+			rules: []rule{blockSrc("198.18.1.0/24", 12)}, verdict: xdpDrop, fragment: true, noPorts: f.off != 0, rulesDelta: map[uint32]bpf.RuleCounters{12: rc(1, 1, 0)}})
 		i = next()
 		add(tcase{name: "ipv6 blocked fragment " + f.name, spec: with(udp6(i), func(s *frames.Spec) {
 			s.IPv6Ext = []frames.Ext{{Type: frames.ExtFragment, FragOffset: f.off, More: f.more}}
-		}), rules: []rule{blockSrc("2001:db8:1::/48", 13)}, verdict: xdpDrop, fragment: true, rulesDelta: map[uint32]bpf.RuleCounters{13: rc(1, 1, 0)}})
+		}), rules: []rule{blockSrc("2001:db8:1::/48", 13)}, verdict: xdpDrop, fragment: true, noPorts: f.off != 0, rulesDelta: map[uint32]bpf.RuleCounters{13: rc(1, 1, 0)}})
 	}
 	// A first fragment whose UDP header is cut by the fragment end is not
 	// malformed (legal, if unusual): counted under its source.
 	add(tcase{name: "ipv4 tiny first fragment", spec: with(udp4(next()), func(s *frames.Spec) { s.MoreFragments = true; s.Payload = 0 }),
-		edit: func(b []byte) []byte { b = b[:l3+20+4]; setTotLen(b, 24); return b }, verdict: xdpPass, fragment: true})
+		edit: func(b []byte) []byte { b = b[:l3+20+4]; setTotLen(b, 24); return b }, verdict: xdpPass, fragment: true, noPorts: true})
 
 	// Blocklist: /32, /24, /128, /64; longest match wins; each direction;
 	// Audit; protected inside blocked.
@@ -407,14 +415,56 @@ func cases() []tcase {
 	return cs
 }
 
+// wantSample is the flow sample case c must produce.
+func wantSample(c tcase, frame []byte, local bool) bpf.FlowSample {
+	w := bpf.FlowSample{
+		Src: c.spec.Src, Dst: c.spec.Dst, Protocol: uint8(c.spec.Protocol),
+		Local: local, Fragment: c.fragment, Dropped: c.verdict == xdpDrop,
+		FrameLen: uint32(len(frame)), Ifindex: 1, // BPF_PROG_TEST_RUN runs on loopback
+	}
+	if c.talker != "" {
+		w.Src = netip.MustParseAddr(c.talker)
+	}
+	for id := range c.rulesDelta {
+		w.RuleID = id
+	}
+	if c.sampleProto != 0 {
+		w.Protocol = uint8(c.sampleProto)
+	}
+	if c.noPorts {
+		return w
+	}
+	switch c.spec.Protocol {
+	case layers.IPProtocolTCP, layers.IPProtocolUDP:
+		w.SrcPort, w.DstPort = c.spec.SrcPort, c.spec.DstPort
+	case layers.IPProtocolICMPv4:
+		w.SrcPort = uint16(layers.ICMPv4TypeEchoRequest)
+	case layers.IPProtocolICMPv6:
+		w.SrcPort = uint16(layers.ICMPv6TypeEchoRequest)
+	}
+	return w
+}
+
 func setTotLen(b []byte, n int) { b[l3+2], b[l3+3] = byte(n>>8), byte(n) }
 
 func setPayloadLen(b []byte, n int) { b[l3+4], b[l3+5] = byte(n>>8), byte(n) }
 
 // TestVerdictsAndCounters runs each frame of the table through the program
 // and asserts the verdict and every counter delta exactly.
+//
+// Flow sampling is on at 1 in 1, so every IP packet also yields a sample,
+// which proves the parser found the ports (after IPv4 options, after IPv6
+// extension headers) and reports the verdict and rule.
 func TestVerdictsAndCounters(t *testing.T) {
 	d := loadForTest(t, bpf.Config{MaxTrackedSources: 4096, MaxPrefixes: 1024, MaxRules: 64})
+	if err := d.SetSampleRate(1); err != nil {
+		t.Fatal(err)
+	}
+	samples, err := ringbuf.NewReader(d.SamplesMap())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer samples.Close()
 	for _, c := range cases() {
 		t.Run(c.name, func(t *testing.T) {
 			frame := frames.MustBuild(c.spec)
@@ -507,6 +557,27 @@ func TestVerdictsAndCounters(t *testing.T) {
 				if _, ok := afterRules[id]; !ok {
 					t.Errorf("rule %d: no counters, want delta %+v", id, w)
 				}
+			}
+
+			// One flow sample per IP packet, none otherwise. The program
+			// has returned, so a sample, if any, is already committed.
+			if c.kind != ipPacket {
+				if n := samples.AvailableBytes(); n != 0 {
+					t.Errorf("%d bytes of samples from a %v frame", n, c.kind)
+				}
+				return
+			}
+			samples.SetDeadline(time.Now().Add(time.Second))
+			rec, err := samples.Read()
+			if err != nil {
+				t.Fatalf("read sample: %v", err)
+			}
+			got, err := bpf.ReadSample(rec.RawSample)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != wantSample(c, frame, local) {
+				t.Errorf("sample\n got %+v\nwant %+v", got, wantSample(c, frame, local))
 			}
 		})
 	}
