@@ -231,7 +231,7 @@ func cases() []tcase {
 	// IPv4 options: ports are read after them; proven by a blocked
 	// destination rule being found only if the header length was honoured
 	// (ports are not counted, so check that the frame parses and is counted).
-	shortOpt := []layers.IPv4Option{{OptionType: 148, OptionLength: 4, OptionData: []byte{0, 0}}} // router alert, RFC 2113
+	shortOpt := []layers.IPv4Option{{OptionType: 148, OptionLength: 4, OptionData: []byte{0, 0}}}                    // router alert, RFC 2113
 	fullOpt := []layers.IPv4Option{{OptionType: 7, OptionLength: 39, OptionData: make([]byte, 37)}, {OptionType: 0}} // record route + EOL = 40 bytes
 	add(
 		tcase{name: "ipv4 short option tcp", spec: with(tcp4(next()), func(s *frames.Spec) { s.IPv4Options = shortOpt }), verdict: xdpPass},
