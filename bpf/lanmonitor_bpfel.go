@@ -75,6 +75,7 @@ type lanmonitorLmRuleKey struct {
 	PrefixLen uint8
 	Table     uint8
 	Pad       [2]uint8
+	_         [4]byte
 }
 
 type lanmonitorLmStats struct {

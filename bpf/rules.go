@@ -242,22 +242,14 @@ func (d *Datapath) writeFilter() error {
 	return nil
 }
 
-// mix64 is the MurmurHash3 finalizer; lookup.h: lm_mix64.
-func mix64(h uint64) uint64 {
-	h ^= h >> 33
-	h *= 0xff51afd7ed558ccd
-	h ^= h >> 33
-	h *= 0xc4ceb9fe1a85ec53
-	h ^= h >> 33
-	return h
-}
-
 // ruleHash hashes a rule key exactly as lookup.h: lm_rule_hash does, with the
 // address halves loaded in the machine's byte order.
 func ruleHash(k lanmonitorLmRuleKey) uint64 {
 	lo := binary.NativeEndian.Uint64(k.Addr.Bytes[0:8])
 	hi := binary.NativeEndian.Uint64(k.Addr.Bytes[8:16])
-	return mix64(lo ^ mix64(hi^(uint64(k.Table)<<8|uint64(k.PrefixLen))))
+	h := (hi ^ (uint64(k.Table)<<8 | uint64(k.PrefixLen))) * 0x9e3779b97f4a7c15
+	h = (h ^ h>>32 ^ lo) * 0xc4ceb9fe1a85ec53
+	return h ^ h>>32
 }
 
 // ruleFilter is the Go side of lm_filter: a blocked Bloom filter with two

@@ -13,10 +13,13 @@
 
 #include <linux/types.h>
 
-/* struct lm_addr: an IPv6 or IPv4-mapped address, network byte order. */
+/*
+ * struct lm_addr: an IPv6 or IPv4-mapped address, network byte order.
+ * Aligned to 8 so the program loads it as two 64-bit words.
+ */
 struct lm_addr {
 	__u8 bytes[16];
-};
+} __attribute__((aligned(8)));
 
 /* struct lm_talker: per-source counters (one copy per CPU). */
 struct lm_talker {
