@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# hack/bench.sh: the benchmarks (`make bench`), all in one run on this
+# machine, each -count times, summarized by hack/benchreport into medians and
+# ratios against the baselines measured in the same run. Paste the output
+# into docs/benchmarks.md together with the machine it ran on.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+: "${GO:=go}"
+: "${COUNT:=5}"
+: "${BENCH:=.}"
+
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+{
+	echo "kernel: $(uname -r)"
+	echo "cpus: $(nproc)"
+} >"$out"
+"$GO" test -run '^$' -bench "$BENCH" -benchtime 2000000x -count "$COUNT" ./bpf/ | tee -a "$out" >&2
+"$GO" run ./hack/benchreport <"$out"
