@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"sync"
 	"syscall"
 
@@ -125,12 +126,17 @@ func Load(cfg Config) (*Datapath, error) {
 	}
 
 	opts := &ebpf.CollectionOptions{}
+	var createdDir bool
+	var before map[string]bool
 	if cfg.PinPath != "" {
+		if _, err := os.Stat(cfg.PinPath); errors.Is(err, os.ErrNotExist) {
+			createdDir = true
+		}
 		if err := os.MkdirAll(cfg.PinPath, 0o700); err != nil {
 			return nil, fmt.Errorf("create pin directory: %w", err)
 		}
-		for _, name := range []string{lanmonitorMapLmTalkers, lanmonitorMapLmRules, lanmonitorMapLmFilter,
-			lanmonitorMapLmRuleStats, lanmonitorMapLmGlobalStats, lanmonitorMapLmSettings} {
+		before = pinFiles(cfg.PinPath)
+		for _, name := range pinnedMaps {
 			spec.Maps[name].Pinning = ebpf.PinByName
 		}
 		opts.Maps.PinPath = cfg.PinPath
@@ -138,9 +144,18 @@ func Load(cfg Config) (*Datapath, error) {
 
 	d := &Datapath{cfg: cfg, cpus: cpus, rules: map[lanmonitorLmRuleKey]Rule{}, filter: newRuleFilter(cfg.filterWords())}
 	if err := spec.LoadAndAssign(&d.objs, opts); err != nil {
+		// Pins made by this call go; pins adopted from an earlier run stay.
+		if cfg.PinPath != "" {
+			removeNewPins(cfg.PinPath, before, createdDir)
+		}
 		var verr *ebpf.VerifierError
-		if errors.As(err, &verr) {
+		switch {
+		case errors.As(err, &verr):
 			return nil, fmt.Errorf("load xdp program: %+v", verr)
+		case errors.Is(err, ebpf.ErrMapIncompatible):
+			return nil, fmt.Errorf("load xdp program: pinned maps in %s: %w: %w", cfg.PinPath, ErrIncompatiblePins, err)
+		case errors.Is(err, os.ErrPermission) || errors.Is(err, syscall.EPERM):
+			return nil, fmt.Errorf("load xdp program: %w (needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON: run as root)", err)
 		}
 		return nil, fmt.Errorf("load xdp program: %w", err)
 	}
@@ -148,6 +163,72 @@ func Load(cfg Config) (*Datapath, error) {
 		return nil, errors.Join(err, d.objs.Close())
 	}
 	return d, nil
+}
+
+// ErrIncompatiblePins means maps pinned by an earlier run have other sizes
+// or another layout than this Config and program: the caller may load
+// without pins, move the XDP link over, and Pin the new maps instead.
+var ErrIncompatiblePins = errors.New("pinned maps do not match")
+
+// pinnedMaps are the maps pinned under Config.PinPath (all but the ring
+// buffer, which holds nothing worth keeping across a restart).
+var pinnedMaps = []string{lanmonitorMapLmTalkers, lanmonitorMapLmRules, lanmonitorMapLmFilter,
+	lanmonitorMapLmRuleStats, lanmonitorMapLmGlobalStats, lanmonitorMapLmSettings}
+
+func pinFiles(dir string) map[string]bool {
+	out := map[string]bool{}
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		out[e.Name()] = true
+	}
+	return out
+}
+
+func removeNewPins(dir string, before map[string]bool, createdDir bool) {
+	for name := range pinFiles(dir) {
+		if !before[name] {
+			os.Remove(filepath.Join(dir, name))
+		}
+	}
+	if createdDir {
+		os.Remove(dir)
+	}
+}
+
+// Pin pins the maps by name into dir (a bpffs directory, created if needed),
+// replacing pins of the same names, and makes dir this Datapath's PinPath.
+// Used after loading without pins because the old ones were incompatible.
+func (d *Datapath) Pin(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create pin directory: %w", err)
+	}
+	for _, m := range d.pinnable() {
+		path := filepath.Join(dir, m.name)
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("replace pin %s: %w", path, err)
+		}
+		if err := m.m.Pin(path); err != nil {
+			return fmt.Errorf("pin %s: %w", path, err)
+		}
+	}
+	d.cfg.PinPath = dir
+	return nil
+}
+
+type namedMap struct {
+	name string
+	m    *ebpf.Map
+}
+
+func (d *Datapath) pinnable() []namedMap {
+	return []namedMap{
+		{lanmonitorMapLmTalkers, d.objs.LmTalkers},
+		{lanmonitorMapLmRules, d.objs.LmRules},
+		{lanmonitorMapLmFilter, d.objs.LmFilter},
+		{lanmonitorMapLmRuleStats, d.objs.LmRuleStats},
+		{lanmonitorMapLmGlobalStats, d.objs.LmGlobalStats},
+		{lanmonitorMapLmSettings, d.objs.LmSettings},
+	}
 }
 
 // adopt rebuilds the Go mirror of rules, filter and settings from the maps,
@@ -219,14 +300,10 @@ func (d *Datapath) Unpin() error {
 	if d.cfg.PinPath == "" {
 		return nil
 	}
-	err := errors.Join(
-		d.objs.LmTalkers.Unpin(),
-		d.objs.LmRules.Unpin(),
-		d.objs.LmFilter.Unpin(),
-		d.objs.LmRuleStats.Unpin(),
-		d.objs.LmGlobalStats.Unpin(),
-		d.objs.LmSettings.Unpin(),
-	)
+	var err error
+	for _, m := range d.pinnable() {
+		err = errors.Join(err, m.m.Unpin())
+	}
 	// The directory stays when something else (a link pin) still lives there.
 	if rmErr := os.Remove(d.cfg.PinPath); rmErr != nil && !errors.Is(rmErr, os.ErrNotExist) && !errors.Is(rmErr, syscall.ENOTEMPTY) {
 		err = errors.Join(err, rmErr)
