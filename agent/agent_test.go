@@ -1,0 +1,563 @@
+package agent_test
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/gopacket/layers"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+
+	"github.com/lanmonitor/lanmonitor/agent"
+	"github.com/lanmonitor/lanmonitor/internal/frames"
+	"github.com/lanmonitor/lanmonitor/internal/lab"
+)
+
+// TestExactCounts: frames injected from the host namespace (IPv4 and IPv6
+// sources, VLAN-tagged and QinQ frames, fragments) show up in
+// /api/v1/talkers and /api/v1/stats with exact packets and bytes.
+func TestExactCounts(t *testing.T) {
+	l := newLAN(t, lanOptions{})
+	a := l.start(t, agentBinary(t, "dev"), manifests(t, t.TempDir(), monitor1s))
+
+	type want struct{ packets, bytes, snooped uint64 }
+	talkers := map[string]*want{}
+	var total want
+	var ipv4, ipv6, frags, tagged, snooped uint64
+	send := func(src string, f []byte, n int, kind ...string) {
+		for range n {
+			l.send(t, f)
+		}
+		w := talkers[src]
+		if w == nil {
+			w = &want{}
+			talkers[src] = w
+		}
+		w.packets += uint64(n)
+		w.bytes += uint64(n * len(f))
+		total.packets += uint64(n)
+		total.bytes += uint64(n * len(f))
+		if strings.Contains(src, ":") {
+			ipv6 += uint64(n)
+		} else {
+			ipv4 += uint64(n)
+		}
+		for _, k := range kind {
+			switch k {
+			case "frag":
+				frags += uint64(n)
+			case "tag":
+				tagged += uint64(n)
+			case "snooped":
+				snooped += uint64(n)
+				w.snooped += uint64(n)
+			}
+		}
+	}
+	send("198.18.0.10", udp("198.18.0.10", 100), 5)
+	send("198.18.0.11", withSpec("198.18.0.11", func(s *frames.Spec) {
+		s.Protocol = layers.IPProtocolTCP
+		s.Tags = []layers.EthernetType{layers.EthernetTypeDot1Q}
+	}), 3, "tag")
+	send("2001:db8::10", udp("2001:db8::10", 60), 4)
+	send("2001:db8::11", withSpec("2001:db8::11", func(s *frames.Spec) {
+		s.Tags = []layers.EthernetType{layers.EthernetTypeQinQ, layers.EthernetTypeDot1Q}
+	}), 2, "tag")
+	send("198.18.0.12", withSpec("198.18.0.12", func(s *frames.Spec) { s.MoreFragments = true; s.Payload = 1000 }), 1, "frag")
+	send("198.18.0.12", withSpec("198.18.0.12", func(s *frames.Spec) { s.FragOffset = 126; s.MoreFragments = true; s.Payload = 1000 }), 1, "frag")
+	send("198.18.0.12", withSpec("198.18.0.12", func(s *frames.Spec) { s.FragOffset = 252; s.Payload = 300 }), 1, "frag")
+	send("2001:db8::12", withSpec("2001:db8::12", func(s *frames.Spec) {
+		s.IPv6Ext = []frames.Ext{{Type: frames.ExtFragment, More: true}}
+	}), 1, "frag")
+	send("2001:db8::12", withSpec("2001:db8::12", func(s *frames.Spec) {
+		s.IPv6Ext = []frames.Ext{{Type: frames.ExtFragment, FragOffset: 3}}
+	}), 1, "frag")
+	send("198.18.0.13", withSpec("198.18.0.13", func(s *frames.Spec) { s.DstMAC = otherMAC }), 2, "snooped")
+
+	waitFor(t, 5*time.Second, "every frame counted", func() bool { return a.stats().Packets >= total.packets })
+	time.Sleep(100 * time.Millisecond) // a surplus frame would show by now
+
+	got := a.talkers()
+	if len(got) != len(talkers) {
+		t.Errorf("%d talkers %v, want %d", len(got), got, len(talkers))
+	}
+	for src, w := range talkers {
+		g := got[src]
+		internal := true
+		if g.Packets != w.packets || g.Bytes != w.bytes || g.SnoopedPackets != w.snooped || g.LocalPackets != w.packets-w.snooped || g.Internal != internal {
+			t.Errorf("talker %s: %+v, want %d packets, %d bytes, %d snooped, internal", src, g, w.packets, w.bytes, w.snooped)
+		}
+	}
+	wantStats := agent.StatsResponse{
+		Packets: total.packets, Bytes: total.bytes, Passed: total.packets, IPv4: ipv4, IPv6: ipv6,
+		Fragments: frags, VLANTagged: tagged, Local: total.packets - snooped, Snooped: snooped,
+		TrackedSources: len(talkers), TrackedSourcesCapacity: 65536,
+	}
+	if s := a.stats(); s != wantStats {
+		t.Errorf("stats\n got %+v\nwant %+v", s, wantStats)
+	}
+	// Rates appear after a report interval; the ranking is by rate, then bytes.
+	var r agent.TalkersResponse
+	a.get("/api/v1/talkers?limit=2", &r)
+	if r.Interface != "lan0" || r.XDPMode != agent.XDPModeNative || !r.Promiscuous || len(r.Talkers) != 2 {
+		t.Errorf("talkers header %+v: want lan0, Native, promiscuous, 2 talkers", r)
+	}
+}
+
+// TestAttachModes covers Auto on a veth (native), a jumbo MTU veth (native
+// refused by the driver for a program without multi-buffer support, so Auto
+// falls back to generic and says why), and a foreign XDP program (busy:
+// refused without touching it). Reported modes must match the kernel's.
+func TestAttachModes(t *testing.T) {
+	t.Run("auto is native on a veth", func(t *testing.T) {
+		l := newLAN(t, lanOptions{})
+		a := l.start(t, agentBinary(t, "dev"), manifests(t, t.TempDir(), monitor1s))
+		attached, mode, _ := xdpState(t, l.node, "lan0")
+		var r agent.TalkersResponse
+		a.get("/api/v1/talkers", &r)
+		if !attached || mode != nl.XDP_ATTACHED_DRV || r.XDPMode != agent.XDPModeNative {
+			t.Fatalf("kernel: attached %v mode %d; agent: %s; want native (drv) both", attached, mode, r.XDPMode)
+		}
+	})
+	t.Run("auto falls back to generic on a 9000-byte MTU", func(t *testing.T) {
+		l := newLAN(t, lanOptions{mtu: 9000})
+		a := l.start(t, agentBinary(t, "dev"), manifests(t, t.TempDir(), monitor1s))
+		attached, mode, _ := xdpState(t, l.node, "lan0")
+		var r agent.TalkersResponse
+		a.get("/api/v1/talkers", &r)
+		if !attached || mode != nl.XDP_ATTACHED_SKB || r.XDPMode != agent.XDPModeGeneric {
+			t.Fatalf("kernel: attached %v mode %d; agent: %s; want generic (skb) both", attached, mode, r.XDPMode)
+		}
+		if !a.logged("attached", "xdpMode=Generic", "native mode refused") {
+			t.Fatalf("the fallback reason is not reported:\n%s", a.logs)
+		}
+		// Counting works in generic mode, jumbo frames included.
+		l.send(t, udp("198.18.0.20", 8000), udp("198.18.0.20", 8000))
+		waitFor(t, 5*time.Second, "2 jumbo frames", func() bool { return a.talkers()["198.18.0.20"].Packets == 2 })
+	})
+	t.Run("a foreign program makes the interface busy and is left alone", func(t *testing.T) {
+		l := newLAN(t, lanOptions{})
+		// A second interface carrying a foreign program, never touched.
+		if err := l.lab.Veth(l.node, "lan1", l.host, "eth1", lab.VethOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		foreign := foreignProgram(t)
+		for _, ifn := range []string{"lan0", "lan1"} {
+			setXDP(t, l, ifn, foreign.FD())
+		}
+		_, _, id0 := xdpState(t, l.node, "lan0")
+		_, _, id1 := xdpState(t, l.node, "lan1")
+		file := manifests(t, t.TempDir(), monitor1s)
+		p := l.startNoWait(t, agentBinary(t, "dev"), file)
+		<-p.exited
+		if code := p.cmd.ProcessState.ExitCode(); code != 1 || !strings.Contains(p.logs.String(), "another XDP program is attached to the interface") {
+			t.Fatalf("exit %d, log:\n%s\nwant exit 1 and the busy message", code, p.logs)
+		}
+		if _, _, id := xdpState(t, l.node, "lan0"); id != id0 {
+			t.Fatalf("foreign program on lan0 replaced: id %d, was %d", id, id0)
+		}
+		if entries, _ := os.ReadDir(l.pinRoot); len(entries) != 0 {
+			t.Fatalf("pins left after the refused start: %v", entries)
+		}
+		// Free lan0; the agent attaches there and never touches lan1.
+		setXDP(t, l, "lan0", -1)
+		a := l.start(t, agentBinary(t, "dev"), file)
+		if _, _, id := xdpState(t, l.node, "lan1"); id != id1 {
+			t.Fatalf("lan1's program changed while the agent ran on lan0: %d, was %d", id, id1)
+		}
+		if code := a.stop(syscall.SIGTERM); code != 0 {
+			t.Fatalf("exit %d", code)
+		}
+		if _, _, id := xdpState(t, l.node, "lan1"); id != id1 {
+			t.Fatalf("lan1's program changed by the agent's stop: %d, was %d", id, id1)
+		}
+	})
+}
+
+// setXDP attaches (or with fd -1 detaches) a program through netlink in
+// driver mode, as tools other than lanmonitor do.
+func setXDP(t *testing.T, l *lan, ifname string, fd int) {
+	t.Helper()
+	err := l.node.Do(func() error {
+		lk, err := netlink.LinkByName(ifname)
+		if err != nil {
+			return err
+		}
+		return netlink.LinkSetXdpFdWithFlags(lk, fd, nl.XDP_FLAGS_DRV_MODE)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPromiscuity: the agent restores exactly the promiscuity it found, and
+// never disturbs another holder (a packet socket, as tcpdump uses).
+func TestPromiscuity(t *testing.T) {
+	bin := agentBinary(t, "dev")
+	t.Run("found on stays on", func(t *testing.T) {
+		l := newLAN(t, lanOptions{})
+		if err := l.node.Netlink().SetPromiscOn(l.link(t, "lan0")); err != nil {
+			t.Fatal(err)
+		}
+		a := l.start(t, bin, manifests(t, t.TempDir(), monitor1s))
+		a.stop(syscall.SIGTERM)
+		if flag, n := promisc(t, l.node, "lan0"); !flag || n != 1 {
+			t.Fatalf("after SIGTERM: IFF_PROMISC %v, promiscuity %d; want on, 1", flag, n)
+		}
+	})
+	t.Run("found off: on while running, off after", func(t *testing.T) {
+		l := newLAN(t, lanOptions{})
+		a := l.start(t, bin, manifests(t, t.TempDir(), monitor1s))
+		if flag, n := promisc(t, l.node, "lan0"); !flag || n != 1 {
+			t.Fatalf("running: IFF_PROMISC %v, promiscuity %d; want on, 1", flag, n)
+		}
+		a.stop(syscall.SIGTERM)
+		if flag, n := promisc(t, l.node, "lan0"); flag || n != 0 {
+			t.Fatalf("after SIGTERM: IFF_PROMISC %v, promiscuity %d; want off, 0", flag, n)
+		}
+	})
+	t.Run("a packet-socket holder keeps its promiscuity", func(t *testing.T) {
+		l := newLAN(t, lanOptions{})
+		release, err := l.node.HoldPromisc("lan0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer release()
+		a := l.start(t, bin, manifests(t, t.TempDir(), monitor1s))
+		if flag, n := promisc(t, l.node, "lan0"); !flag || n != 2 {
+			t.Fatalf("running: IFF_PROMISC %v, promiscuity %d; want on, 2", flag, n)
+		}
+		a.stop(syscall.SIGTERM)
+		if flag, n := promisc(t, l.node, "lan0"); flag || n != 1 {
+			t.Fatalf("after SIGTERM: IFF_PROMISC %v, promiscuity %d; want off, 1 (the holder's)", flag, n)
+		}
+	})
+	t.Run("kill -9, restart, SIGTERM restores the original state", func(t *testing.T) {
+		l := newLAN(t, lanOptions{})
+		file := manifests(t, t.TempDir(), monitor1s)
+		l.start(t, bin, file).stop(syscall.SIGKILL)
+		if flag, _ := promisc(t, l.node, "lan0"); !flag {
+			t.Fatal("promiscuity gone after kill -9 (the pinned program keeps working, and so must promiscuity)")
+		}
+		l.start(t, bin, file).stop(syscall.SIGTERM)
+		if flag, n := promisc(t, l.node, "lan0"); flag || n != 0 {
+			t.Fatalf("after restart and SIGTERM: IFF_PROMISC %v, promiscuity %d; want off, 0", flag, n)
+		}
+		if attached, _, _ := xdpState(t, l.node, "lan0"); attached {
+			t.Fatal("program still attached after SIGTERM")
+		}
+		if entries, _ := os.ReadDir(l.pinRoot); len(entries) != 0 {
+			t.Fatalf("pins left: %v", entries)
+		}
+	})
+}
+
+// traffic sends frames from a blocked and an allowed source continuously
+// and counts what reaches the node's stack (a packet socket there sees only
+// what XDP passed).
+type traffic struct {
+	stop          chan struct{}
+	wg            sync.WaitGroup
+	sent          [2]atomic.Int64 // blocked, allowed
+	blocked, okay *lab.Counter
+}
+
+func startTraffic(t *testing.T, l *lan, blockedSrc, allowedSrc string) *traffic {
+	t.Helper()
+	rx, err := l.node.Receiver("lan0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rx.Close() })
+	bf, af := udp(blockedSrc, 20), udp(allowedSrc, 20)
+	tr := &traffic{stop: make(chan struct{})}
+	tr.blocked = rx.Count(func(f lab.Frame) bool { return string(f.Data) == string(bf) })
+	tr.okay = rx.Count(func(f lab.Frame) bool { return string(f.Data) == string(af) })
+	tr.wg.Add(1)
+	go func() {
+		defer tr.wg.Done()
+		tick := time.NewTicker(500 * time.Microsecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-tr.stop:
+				return
+			case <-tick.C:
+			}
+			for i, f := range [][]byte{bf, af} {
+				if l.tx.Send(f) == nil {
+					tr.sent[i].Add(1)
+				}
+			}
+		}
+	}()
+	return tr
+}
+
+func (tr *traffic) halt() { close(tr.stop); tr.wg.Wait() }
+
+const blockedSrc, allowedSrc = "198.18.0.66", "198.18.0.77"
+
+// ourPrograms counts the XDP programs attached to lan0 that are
+// lanmonitor's (at most one can be attached per mode; this checks that it
+// is ours and that the pin directory holds one link).
+func onePinnedLink(t *testing.T, l *lan) {
+	t.Helper()
+	entries, err := os.ReadDir(filepath.Join(l.pinRoot, "lan0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	links := 0
+	for _, e := range entries {
+		if e.Name() == "link" {
+			links++
+		}
+	}
+	if attached, _, _ := xdpState(t, l.node, "lan0"); !attached || links != 1 {
+		t.Fatalf("attached %v, %d pinned links; want attached with exactly one link", attached, links)
+	}
+}
+
+// TestRestartUnderTraffic: kill -9 while a blocked and an allowed source
+// send continuously. The pinned link keeps enforcing while no agent runs;
+// the restarted agent adopts it. The blocked source never reaches the
+// node's stack, the allowed one loses nothing, and counters continue.
+func TestRestartUnderTraffic(t *testing.T) {
+	l := newLAN(t, lanOptions{})
+	bin := agentBinary(t, "dev")
+	file := manifests(t, t.TempDir(), monitor1s+ipblock("blocked", blockedSrc))
+	a := l.start(t, bin, file)
+	_, _, firstProg := xdpState(t, l.node, "lan0")
+	tr := startTraffic(t, l, blockedSrc, allowedSrc)
+	time.Sleep(300 * time.Millisecond)
+	a.stop(syscall.SIGKILL)
+	time.Sleep(300 * time.Millisecond) // no agent: the pinned link enforces
+	b := l.start(t, bin, file)
+	time.Sleep(300 * time.Millisecond)
+	tr.halt()
+
+	sentBlocked, sentAllowed := int(tr.sent[0].Load()), int(tr.sent[1].Load())
+	if err := tr.okay.Expect(sentAllowed, 5*time.Second, 200*time.Millisecond); err != nil {
+		t.Fatalf("allowed source lost frames across the restart: %v", err)
+	}
+	if n := tr.blocked.N(); n != 0 {
+		t.Fatalf("%d of %d frames of the blocked source reached the node", n, sentBlocked)
+	}
+	_, _, prog := xdpState(t, l.node, "lan0")
+	if prog == firstProg {
+		t.Fatalf("program %d not replaced by the restarted agent", prog)
+	}
+	onePinnedLink(t, l)
+	ts := b.talkers()
+	if ts[blockedSrc].Packets != uint64(sentBlocked) || ts[allowedSrc].Packets != uint64(sentAllowed) {
+		t.Fatalf("counters did not continue: blocked %d of %d, allowed %d of %d", ts[blockedSrc].Packets, sentBlocked, ts[allowedSrc].Packets, sentAllowed)
+	}
+	var blocks agent.BlocksResponse
+	b.get("/api/v1/blocks", &blocks)
+	if len(blocks.Rules) != 1 || blocks.Rules[0].DroppedPackets != uint64(sentBlocked) || blocks.Rules[0].MatchedPackets != uint64(sentBlocked) {
+		t.Fatalf("blocks %+v, want %d matched and dropped", blocks, sentBlocked)
+	}
+}
+
+// TestUpgrade: a different build of the agent (and of its program) takes
+// over from the running one, which exits leaving its program attached: the
+// new program replaces the old atomically through the pinned link, with no
+// moment of unenforced blocking and no lost allowed frame.
+func TestUpgrade(t *testing.T) {
+	l := newLAN(t, lanOptions{})
+	file := manifests(t, t.TempDir(), monitor1s+ipblock("blocked", blockedSrc))
+	old := l.start(t, agentBinary(t, "v1"), file, "--keep-on-exit")
+	_, _, oldProg := xdpState(t, l.node, "lan0")
+	tr := startTraffic(t, l, blockedSrc, allowedSrc)
+	time.Sleep(200 * time.Millisecond)
+	if code := old.stop(syscall.SIGTERM); code != 0 {
+		t.Fatalf("old agent exit %d", code)
+	}
+	if attached, _, prog := xdpState(t, l.node, "lan0"); !attached || prog != oldProg {
+		t.Fatalf("--keep-on-exit: attached %v prog %d, want the old program %d still attached", attached, prog, oldProg)
+	}
+	l.start(t, agentBinary(t, "v2"), file)
+	time.Sleep(200 * time.Millisecond)
+	tr.halt()
+	if err := tr.okay.Expect(int(tr.sent[1].Load()), 5*time.Second, 200*time.Millisecond); err != nil {
+		t.Fatalf("allowed frames lost during the upgrade: %v", err)
+	}
+	if n := tr.blocked.N(); n != 0 {
+		t.Fatalf("%d blocked frames passed during the upgrade", n)
+	}
+	if _, _, prog := xdpState(t, l.node, "lan0"); prog == oldProg {
+		t.Fatalf("program not replaced: still %d", prog)
+	}
+	onePinnedLink(t, l)
+}
+
+// TestInterfaceRecreated: the interface is deleted (reported not attached)
+// and recreated with a new ifindex: the agent re-attaches within a report
+// interval and counts exactly what is sent after. A rename is followed, and
+// cleanup still works through the held link.
+func TestInterfaceRecreated(t *testing.T) {
+	l := newLAN(t, lanOptions{})
+	a := l.start(t, agentBinary(t, "dev"), manifests(t, t.TempDir(), monitor1s))
+	oldIndex := l.link(t, "lan0").Attrs().Index
+	if err := l.node.Netlink().LinkDel(l.link(t, "lan0")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 2*time.Second, "readyz to report the interface gone", func() bool { return a.status("/readyz") == 503 })
+	if err := l.lab.Veth(l.node, "lan0", l.host, "eth0", lab.VethOptions{MACA: nodeMAC, MACB: hostMAC}); err != nil {
+		t.Fatal(err)
+	}
+	if l.link(t, "lan0").Attrs().Index == oldIndex {
+		t.Fatal("the recreated interface kept its ifindex; the test needs a new one")
+	}
+	start := time.Now()
+	waitFor(t, 1500*time.Millisecond, "re-attach within a report interval (1 s)", func() bool {
+		attached, _, _ := xdpState(t, l.node, "lan0")
+		return attached && a.status("/readyz") == 200
+	})
+	t.Logf("re-attached %v after the interface came back", time.Since(start).Round(time.Millisecond))
+	if flag, _ := promisc(t, l.node, "lan0"); !flag {
+		t.Fatal("promiscuity not re-applied to the recreated interface")
+	}
+	tx, err := l.host.Sender("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Close()
+	before := a.stats()
+	f := udp("198.18.0.30", 50)
+	for range 7 {
+		if err := tx.Send(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 3*time.Second, "7 frames", func() bool { return a.talkers()["198.18.0.30"].Packets == 7 })
+	time.Sleep(100 * time.Millisecond)
+	if after := a.stats(); after.Packets-before.Packets != 7 || after.Bytes-before.Bytes != uint64(7*len(f)) {
+		t.Fatalf("after re-creation: %d packets, %d bytes; want 7, %d", after.Packets-before.Packets, after.Bytes-before.Bytes, 7*len(f))
+	}
+
+	// Renamed: the agent follows, and its SIGTERM still detaches and
+	// restores through the link it holds.
+	lk := l.link(t, "lan0")
+	if err := l.node.Netlink().LinkSetDown(lk); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.node.Netlink().LinkSetName(lk, "lan0x"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 2*time.Second, "the rename to be reported", func() bool { return a.logged("interface renamed", "to=lan0x") })
+	if code := a.stop(syscall.SIGTERM); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	if attached, _, _ := xdpState(t, l.node, "lan0x"); attached {
+		t.Fatal("program still attached to the renamed interface")
+	}
+	if flag, _ := promisc(t, l.node, "lan0x"); flag {
+		t.Fatal("promiscuity not restored on the renamed interface")
+	}
+}
+
+// TestConfigReload: a changed IPBlock file takes effect without restart; an
+// invalid one is refused with a message naming the problem, and the
+// previous configuration stays in force.
+func TestConfigReload(t *testing.T) {
+	l := newLAN(t, lanOptions{})
+	dir := t.TempDir()
+	file := manifests(t, dir, monitor1s+ipblock("first", "198.18.0.40"))
+	a := l.start(t, agentBinary(t, "dev"), file)
+	rx, err := l.node.Receiver("lan0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rx.Close()
+	f41 := udp("198.18.0.41", 10)
+	got41 := rx.Count(func(f lab.Frame) bool { return string(f.Data) == string(f41) })
+
+	// Block .41 too, by editing the file (written to a temporary file and
+	// renamed over it, as editors do).
+	tmp := filepath.Join(dir, ".tmp")
+	os.WriteFile(tmp, []byte(monitor1s+ipblock("first", "198.18.0.40")+ipblock("second", "198.18.0.41")), 0o600)
+	if err := os.Rename(tmp, file); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 3*time.Second, "the reload", func() bool { return a.logged("configuration reloaded", "blocks=2") })
+	l.send(t, f41)
+	time.Sleep(200 * time.Millisecond)
+	if got41.N() != 0 {
+		t.Fatal("frame of the newly blocked source passed after the reload")
+	}
+
+	// An invalid edit is refused, the running blocks stay.
+	os.WriteFile(file, []byte(monitor1s+ipblock("second", "198.18.0.41", "300.1.2.3")), 0o600)
+	waitFor(t, 3*time.Second, "the refusal", func() bool {
+		return a.logged("configuration not reloaded", "spec.cidrs[1]", "300.1.2.3")
+	})
+	l.send(t, f41)
+	time.Sleep(200 * time.Millisecond)
+	if got41.N() != 0 {
+		t.Fatal("the previous configuration was not kept after an invalid edit")
+	}
+	var blocks agent.BlocksResponse
+	a.get("/api/v1/blocks", &blocks)
+	if len(blocks.Rules) != 2 || blocks.Rules[1].Name != "second" && blocks.Rules[0].Name != "second" {
+		t.Fatalf("blocks after the refused edit: %+v", blocks)
+	}
+}
+
+// TestBadInput: a missing interface, an invalid CIDR, a bad flag and
+// missing privileges each give a clear message and exit 1, with nothing
+// left on the interface.
+func TestBadInput(t *testing.T) {
+	l := newLAN(t, lanOptions{})
+	bin := agentBinary(t, "dev")
+	// Readable by the unprivileged user too.
+	dir, err := os.MkdirTemp("", "lanmonitor-badinput-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	good := manifests(t, dir, monitor1s)
+	os.Chmod(good, 0o644)
+	bad := manifests(t, t.TempDir(), monitor1s+ipblock("bad", "10.0.0.0/33"))
+	for _, c := range []struct {
+		name string
+		args []string
+		uid  uint32
+		want string
+	}{
+		{"missing interface", []string{"standalone", "-i", "nosuch0", "-f", good}, 0, `interface "nosuch0" not found in network namespace`},
+		{"invalid cidr", []string{"standalone", "-i", "lan0", "-f", bad}, 0, `IPBlock "bad"): spec.cidrs[0]: Invalid value: "10.0.0.0/33": must be an IPv4 or IPv6 address or CIDR`},
+		{"bad flag", []string{"standalone", "-i", "lan0", "-f", good, "--listen-on", "x"}, 0, "unknown flag: --listen-on"},
+		{"missing file", []string{"standalone", "-i", "lan0"}, 0, `required flag(s) "file" not set`},
+		{"no privileges", []string{"standalone", "-i", "lan0", "-f", good}, 65534, "missing capabilities CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN: run lanmonitor-agent as root"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			args := append(c.args, "--netns", l.node.Path, "--pin-root", l.pinRoot, "--listen", "127.0.0.1:0")
+			cmd := exec.Command(bin, args...)
+			if c.uid != 0 {
+				cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: c.uid, Gid: c.uid}}
+			}
+			out, err := cmd.CombinedOutput()
+			if code := cmd.ProcessState.ExitCode(); code != 1 || !strings.Contains(string(out), c.want) {
+				t.Fatalf("exit %d (%v), output:\n%s\nwant exit 1 and %q", code, err, out, c.want)
+			}
+			if attached, _, _ := xdpState(t, l.node, "lan0"); attached {
+				t.Fatal("program attached after a refused start")
+			}
+			if flag, n := promisc(t, l.node, "lan0"); flag || n != 0 {
+				t.Fatalf("promiscuity changed: %v %d", flag, n)
+			}
+			if entries, _ := os.ReadDir(l.pinRoot); len(entries) != 0 {
+				t.Fatalf("pins left: %v", entries)
+			}
+		})
+	}
+}

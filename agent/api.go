@@ -1,0 +1,201 @@
+package agent
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Managers gives the API the running managers, in a stable order. The first
+// one answers requests that name no interface.
+type Managers func() []*Manager
+
+// TalkersResponse is GET /api/v1/talkers.
+type TalkersResponse struct {
+	Interface   string       `json:"interface"`
+	XDPMode     XDPMode      `json:"xdpMode"`
+	Promiscuous bool         `json:"promiscuous"`
+	Talkers     []TalkerJSON `json:"talkers"`
+}
+
+// TalkerJSON is one talker of TalkersResponse. Packets and bytes are
+// cumulative; rates are over the last report interval.
+type TalkerJSON struct {
+	Address          string `json:"address"`
+	Internal         bool   `json:"internal"`
+	Packets          uint64 `json:"packets"`
+	Bytes            uint64 `json:"bytes"`
+	LocalPackets     uint64 `json:"localPackets"`
+	SnoopedPackets   uint64 `json:"snoopedPackets"`
+	BitsPerSecond    uint64 `json:"bitsPerSecond"`
+	PacketsPerSecond uint64 `json:"packetsPerSecond"`
+}
+
+// StatsResponse is GET /api/v1/stats: cumulative counters of every frame the
+// XDP hook saw (bytes are frame lengths, data_end - data).
+type StatsResponse struct {
+	Packets                uint64 `json:"packets"`
+	Bytes                  uint64 `json:"bytes"`
+	Passed                 uint64 `json:"passed"`
+	Dropped                uint64 `json:"dropped"`
+	Malformed              uint64 `json:"malformed"`
+	NonIP                  uint64 `json:"nonIP"`
+	IPv4                   uint64 `json:"ipv4"`
+	IPv6                   uint64 `json:"ipv6"`
+	Fragments              uint64 `json:"fragments"`
+	VLANTagged             uint64 `json:"vlanTagged"`
+	Local                  uint64 `json:"local"`
+	Snooped                uint64 `json:"snooped"`
+	TrackedSources         int    `json:"trackedSources"`
+	TrackedSourcesCapacity int    `json:"trackedSourcesCapacity"`
+}
+
+// BlocksResponse is GET /api/v1/blocks.
+type BlocksResponse struct {
+	Rules []BlockJSON `json:"rules"`
+}
+
+// BlockJSON is one IPBlock's counters on the interface, in packets.
+type BlockJSON struct {
+	Name              string    `json:"name"`
+	CIDRs             []string  `json:"cidrs"`
+	Direction         Direction `json:"direction"`
+	Mode              BlockMode `json:"mode"`
+	MatchedPackets    uint64    `json:"matchedPackets"`
+	DroppedPackets    uint64    `json:"droppedPackets"`
+	ExemptedAddresses []string  `json:"exemptedAddresses"`
+}
+
+// NewHandler serves the local API:
+//
+//	GET /api/v1/talkers?limit=N[&interface=IF]  sorted by bitsPerSecond, then bytes, descending; limit=0: all; default: topN
+//	GET /api/v1/stats[?interface=IF]
+//	GET /api/v1/blocks[?interface=IF]
+//	GET /metrics   Prometheus metrics of gatherer
+//	GET /healthz   200 while the process serves
+//	GET /readyz    200 when ready() returns nil, else 503 with its error
+//
+// Errors are JSON objects {"error": "..."} with status 400 (bad query), 404
+// (unknown interface) or 503 (no interface attached yet).
+func NewHandler(managers Managers, gatherer prometheus.Gatherer, ready func() error) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /api/v1/talkers", func(w http.ResponseWriter, r *http.Request) {
+		m, ok := pick(w, r, managers)
+		if !ok {
+			return
+		}
+		limit := m.Config().TopN
+		if s := r.URL.Query().Get("limit"); s != "" {
+			n, err := strconv.Atoi(s)
+			if err != nil || n < 0 {
+				writeError(w, http.StatusBadRequest, fmt.Errorf("limit: %q is not a number >= 0", s))
+				return
+			}
+			limit = n
+		}
+		ts, err := m.Talkers(limit)
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, err)
+			return
+		}
+		ifname, mode, promisc := m.Attachment()
+		resp := TalkersResponse{Interface: ifname, XDPMode: mode, Promiscuous: promisc, Talkers: make([]TalkerJSON, len(ts))}
+		for i, t := range ts {
+			resp.Talkers[i] = TalkerJSON{
+				Address: t.Address.String(), Internal: t.Internal, Packets: t.Packets, Bytes: t.Bytes,
+				LocalPackets: t.LocalPackets, SnoopedPackets: t.SnoopedPackets,
+				BitsPerSecond: t.BitsPerSecond, PacketsPerSecond: t.PacketsPerSecond,
+			}
+		}
+		writeJSON(w, resp)
+	})
+	mux.HandleFunc("GET /api/v1/stats", func(w http.ResponseWriter, r *http.Request) {
+		m, ok := pick(w, r, managers)
+		if !ok {
+			return
+		}
+		s, tracked, capacity, err := m.Stats()
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, err)
+			return
+		}
+		writeJSON(w, StatsResponse{
+			Packets: s.Packets, Bytes: s.Bytes, Passed: s.Passed, Dropped: s.Dropped, Malformed: s.Malformed, NonIP: s.NonIP,
+			IPv4: s.IPv4, IPv6: s.IPv6, Fragments: s.Fragments, VLANTagged: s.VLANTagged, Local: s.Local, Snooped: s.Snooped,
+			TrackedSources: tracked, TrackedSourcesCapacity: capacity,
+		})
+	})
+	mux.HandleFunc("GET /api/v1/blocks", func(w http.ResponseWriter, r *http.Request) {
+		m, ok := pick(w, r, managers)
+		if !ok {
+			return
+		}
+		rules, err := m.Rules()
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, err)
+			return
+		}
+		resp := BlocksResponse{Rules: make([]BlockJSON, len(rules))}
+		for i, rr := range rules {
+			resp.Rules[i] = BlockJSON{
+				Name: rr.Name, CIDRs: rr.CIDRs, Direction: rr.Direction, Mode: rr.Mode,
+				MatchedPackets: rr.Matched, DroppedPackets: rr.Dropped, ExemptedAddresses: nonNil(rr.ExemptedAddresses),
+			}
+		}
+		writeJSON(w, resp)
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if err := ready(); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	return mux
+}
+
+// pick finds the manager a request names (?interface=), or the first one.
+func pick(w http.ResponseWriter, r *http.Request, managers Managers) (*Manager, bool) {
+	ms := managers()
+	if len(ms) == 0 {
+		writeError(w, http.StatusServiceUnavailable, fmt.Errorf("no interface is monitored yet"))
+		return nil, false
+	}
+	name := r.URL.Query().Get("interface")
+	if name == "" {
+		return ms[0], true
+	}
+	for _, m := range ms {
+		if m.Config().Interface == name {
+			return m, true
+		}
+	}
+	writeError(w, http.StatusNotFound, fmt.Errorf("interface %q is not monitored", name))
+	return nil, false
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, err error) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
+}

@@ -1,0 +1,181 @@
+package agent
+
+import (
+	"net/netip"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/lanmonitor/lanmonitor/api/v1alpha1"
+	"github.com/lanmonitor/lanmonitor/bpf"
+)
+
+// Tests of the agent's logic that needs no kernel: rates, ranking, table
+// rendering, exemptions, rule IDs and manifest loading.
+
+func addr(s string) bpf.Addr { return bpf.AddrFrom(netip.MustParseAddr(s)) }
+
+func TestRatesFromDeltasOverElapsedTime(t *testing.T) {
+	var r rateTracker
+	t0 := time.Unix(1000, 0)
+	a, b := addr("198.18.0.1"), addr("2001:db8::2")
+	// First read: baseline only, even for counters adopted from a run.
+	r.update(t0, []bpf.Talker{{Addr: a, Packets: 100, Bytes: 100000}}, bpf.Stats{Packets: 100, Bytes: 100000})
+	if len(r.rates) != 0 || r.total != (rate{}) {
+		t.Fatalf("first read gave rates %v total %v, want none", r.rates, r.total)
+	}
+	// 2.5 s later: a sent 50 packets, 62500 bytes; b is new with 10 packets, 1000 bytes.
+	r.update(t0.Add(2500*time.Millisecond),
+		[]bpf.Talker{{Addr: a, Packets: 150, Bytes: 162500}, {Addr: b, Packets: 10, Bytes: 1000}},
+		bpf.Stats{Packets: 160, Bytes: 163500})
+	if got, want := r.rates[a], (rate{bits: 200000, packets: 20}); got != want {
+		t.Errorf("rate of a %+v, want %+v", got, want)
+	}
+	if got, want := r.rates[b], (rate{bits: 3200, packets: 4}); got != want {
+		t.Errorf("rate of new source b %+v, want %+v", got, want)
+	}
+	if got, want := r.total, (rate{bits: 203200, packets: 24}); got != want {
+		t.Errorf("total %+v, want %+v", got, want)
+	}
+	// a was evicted and came back with fewer counts: a reset, not a negative rate.
+	r.update(t0.Add(3500*time.Millisecond),
+		[]bpf.Talker{{Addr: a, Packets: 5, Bytes: 500}, {Addr: b, Packets: 10, Bytes: 1000}},
+		bpf.Stats{Packets: 165, Bytes: 164000})
+	if got, want := r.rates[a], (rate{bits: 4000, packets: 5}); got != want {
+		t.Errorf("rate after reset %+v, want %+v", got, want)
+	}
+	if got := r.rates[b]; got != (rate{}) {
+		t.Errorf("idle source rate %+v, want 0", got)
+	}
+	// Global counters reset (maps rebuilt).
+	r.update(t0.Add(4500*time.Millisecond), nil, bpf.Stats{Packets: 3, Bytes: 300})
+	if got, want := r.total, (rate{bits: 2400, packets: 3}); got != want {
+		t.Errorf("total after reset %+v, want %+v", got, want)
+	}
+}
+
+func TestRankByRateThenBytes(t *testing.T) {
+	ts := []TalkerReport{
+		{Address: netip.MustParseAddr("198.18.0.3"), Bytes: 10, BitsPerSecond: 5},
+		{Address: netip.MustParseAddr("198.18.0.1"), Bytes: 900, BitsPerSecond: 0},
+		{Address: netip.MustParseAddr("198.18.0.2"), Bytes: 20, BitsPerSecond: 5},
+		{Address: netip.MustParseAddr("2001:db8::1"), Bytes: 900, BitsPerSecond: 0},
+		{Address: netip.MustParseAddr("198.18.0.4"), Bytes: 1, BitsPerSecond: 7},
+	}
+	var got []string
+	for _, t := range rank(ts, 4) {
+		got = append(got, t.Address.String())
+	}
+	want := []string{"198.18.0.4", "198.18.0.2", "198.18.0.3", "198.18.0.1"}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("rank %v, want %v", got, want)
+	}
+	if n := len(rank(ts, 0)); n != 5 {
+		t.Fatalf("limit 0 kept %d, want all 5", n)
+	}
+}
+
+func pfx(ss ...string) []netip.Prefix {
+	out, err := ParsePrefixes(ss)
+	if err != nil {
+		panic(err)
+	}
+	return out
+}
+
+func TestBuildTables(t *testing.T) {
+	blocks := []Block{
+		{Name: "audit-wide", RuleID: 3, Direction: DirectionSource, Mode: BlockModeAudit, CIDRs: pfx("198.18.0.0/16", "198.18.5.5")},
+		{Name: "enforce", RuleID: 7, Direction: DirectionBoth, Mode: BlockModeEnforce, CIDRs: pfx("198.18.5.5/32", "::ffff:198.19.0.0/112")},
+		{Name: "dst", RuleID: 2, Direction: DirectionDestination, Mode: BlockModeEnforce, CIDRs: pfx("2001:db8::/48")},
+	}
+	tabs, lost := buildTables(blocks, pfx("198.18.0.1", "2001:db8::1/128"))
+	want := tables{
+		bpf.TableSource: {
+			netip.MustParsePrefix("198.18.0.0/16"): {ID: 3, Mode: bpf.ModeAudit},
+			netip.MustParsePrefix("198.18.5.5/32"): {ID: 7},
+			netip.MustParsePrefix("198.19.0.0/16"): {ID: 7},
+		},
+		bpf.TableDestination: {
+			netip.MustParsePrefix("198.18.5.5/32"): {ID: 7},
+			netip.MustParsePrefix("198.19.0.0/16"): {ID: 7},
+			netip.MustParsePrefix("2001:db8::/48"): {ID: 2},
+		},
+		bpf.TableProtected: {
+			netip.MustParsePrefix("198.18.0.1/32"):   {},
+			netip.MustParsePrefix("2001:db8::1/128"): {},
+		},
+	}
+	if !reflect.DeepEqual(tabs, want) {
+		t.Errorf("tables\n got %v\nwant %v", tabs, want)
+	}
+	wantLost := []shadowed{{Block: "audit-wide", Prefix: netip.MustParsePrefix("198.18.5.5/32"), Winner: "enforce"}}
+	if !reflect.DeepEqual(lost, wantLost) {
+		t.Errorf("shadowed %v, want %v", lost, wantLost)
+	}
+}
+
+func TestExemptions(t *testing.T) {
+	protected := pfx("198.18.0.1", "198.18.0.0/30", "2001:db8::1", "198.19.0.0/16")
+	got := exemptions(pfx("198.18.0.0/24", "198.19.7.7", "2001:db8:ff::/48"), protected)
+	want := []string{"198.18.0.0/30", "198.18.0.1", "198.19.7.7"}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("exemptions %v, want %v", got, want)
+	}
+}
+
+func TestStandaloneRuleIDsStable(t *testing.T) {
+	mf := func(names ...string) []string { return names }
+	ids1 := idsOf(mf("a", "b", "c"))
+	ids2 := idsOf(mf("c", "zz", "a"))
+	if ids1["a"] != ids2["a"] || ids1["c"] != ids2["c"] {
+		t.Fatalf("IDs moved when another block came and went: %v then %v", ids1, ids2)
+	}
+	seen := map[uint32]bool{}
+	for n, id := range idsOf(mf("a", "b", "c", "d", "e", "f", "g")) {
+		if id == 0 || id >= 8 || seen[id] {
+			t.Fatalf("block %s: rule ID %d not unique in 1..7", n, id)
+		}
+		seen[id] = true
+	}
+}
+
+func idsOf(names []string) map[string]uint32 {
+	var bs []v1alpha1.IPBlock
+	for _, n := range names {
+		bs = append(bs, v1alpha1.IPBlock{ObjectMeta: metav1.ObjectMeta{Name: n}})
+	}
+	return standaloneRuleIDs(bs, 8)
+}
+
+func TestConfigValidate(t *testing.T) {
+	ok := Config{Interface: "lan0"}.WithDefaults()
+	for _, c := range []struct {
+		edit func(*Config)
+		want string
+	}{
+		{func(c *Config) { c.Interface = "" }, "interface: must be set"},
+		{func(c *Config) { c.XDPMode = "Fast" }, `xdpMode: unknown mode "Fast"`},
+		{func(c *Config) { c.TopN = 101 }, "topN: 101 not in 1..100"},
+		{func(c *Config) { c.ReportInterval = time.Millisecond }, "reportInterval: 1ms is under 1s"},
+		{func(c *Config) {
+			c.Blocks = []Block{{Name: "x", RuleID: 1, Direction: DirectionSource, Mode: BlockModeEnforce}, {Name: "y", RuleID: 1, Direction: DirectionSource, Mode: BlockModeEnforce}}
+		}, `block "y": rule ID 1 already used by block "x"`},
+		{func(c *Config) {
+			c.Blocks = []Block{{Name: "x", RuleID: 4096, Direction: DirectionSource, Mode: BlockModeEnforce}}
+		}, `block "x": rule ID 4096 not in 1..4095`},
+	} {
+		cfg := ok
+		c.edit(&cfg)
+		err := cfg.Validate(4096)
+		if err == nil || !strings.HasPrefix(err.Error(), c.want) {
+			t.Errorf("error %v, want prefix %q", err, c.want)
+		}
+	}
+	if err := ok.Validate(4096); err != nil {
+		t.Errorf("valid config refused: %v", err)
+	}
+}

@@ -1,0 +1,728 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/lanmonitor/lanmonitor/bpf"
+)
+
+// DefaultPinRoot is where pin directories live: <root>/<interface>/.
+const DefaultPinRoot = "/sys/fs/bpf/lanmonitor"
+
+// Options are the agent-wide settings of a Manager.
+type Options struct {
+	// PinRoot is the bpffs directory holding one pin directory per
+	// interface. Default DefaultPinRoot.
+	PinRoot string
+	// NetNS is the path of the network namespace holding the interface
+	// (e.g. /run/netns/node1); empty means the agent's own.
+	NetNS string
+	// MaxPrefixes and MaxRules size the rule maps (bpf.Config).
+	MaxPrefixes uint32
+	MaxRules    uint32
+	// Logger receives lifecycle events and flow samples. Default slog.Default().
+	Logger *slog.Logger
+}
+
+func (o *Options) setDefaults() {
+	if o.PinRoot == "" {
+		o.PinRoot = DefaultPinRoot
+	}
+	if o.MaxPrefixes == 0 {
+		o.MaxPrefixes = bpf.DefaultMaxPrefixes
+	}
+	if o.MaxRules == 0 {
+		o.MaxRules = bpf.DefaultMaxRules
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+}
+
+// State is what a Manager's interface is doing.
+type State string
+
+const (
+	// StateAttached: the program is attached and counting.
+	StateAttached State = "Attached"
+	// StateNotAttached: the interface is gone; the Manager re-attaches
+	// when an interface of the same name appears.
+	StateNotAttached State = "NotAttached"
+	// StateStopped: Close was called.
+	StateStopped State = "Stopped"
+)
+
+// Report is one interface's state and counters, taken every report interval.
+type Report struct {
+	Interface     string // current name (it may have been renamed)
+	Ifindex       int
+	State         State
+	Message       string
+	XDPMode       XDPMode // in use, as the kernel reports it
+	XDPModeReason string
+	ProgramID     uint32 // the attached XDP program's ID
+	Promiscuous   bool   // IFF_PROMISC is set
+	Time          time.Time
+	Stats         bpf.Stats
+	// BitsPerSecond and PacketsPerSecond are the interface's rates over
+	// the last report interval (all frames).
+	BitsPerSecond, PacketsPerSecond uint64
+	TopTalkers                      []TalkerReport
+	TrackedSources                  int
+	TrackedSourcesCapacity          int
+	// Evictions is how many sources the full talker map pushed out.
+	Evictions uint64
+	Rules     []RuleReport
+}
+
+// Manager runs lanmonitor's datapath on one interface. Create it with
+// Start, change its configuration with Apply, stop it with Close.
+type Manager struct {
+	opts   Options
+	log    *slog.Logger
+	ns     *netNS
+	pinDir string
+
+	mu       sync.Mutex
+	cfg      Config
+	dp       *bpf.Datapath
+	att      *attachment
+	promisc  *promiscuity
+	ifindex  int // 0 while the interface is missing
+	ifname   string
+	state    State
+	message  string
+	tracker  rateTracker
+	last     Report
+	internal []netip.Prefix
+	auto     []netip.Prefix // node addresses and default gateways
+	samples  *ringbuf.Reader
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+// Start attaches lanmonitor to cfg.Interface: it loads (or adopts) the
+// pinned maps under <PinRoot>/<interface>/, fills the rule tables, attaches
+// the program through a pinned XDP link (or adopts the link an earlier run
+// pinned, swapping its program atomically), and makes the interface
+// promiscuous if asked. It then follows the interface through netlink and
+// reads counters every cfg.ReportInterval.
+//
+// Errors: an invalid cfg, an interface that does not exist, missing
+// privileges, another XDP program on the interface (wraps ErrBusy). On error
+// everything Start created is removed again; state adopted from an earlier
+// run is left as it was.
+func Start(cfg Config, opts Options) (*Manager, error) {
+	opts.setDefaults()
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(opts.MaxRules); err != nil {
+		return nil, err
+	}
+	if err := checkCapabilities(opts.NetNS != ""); err != nil {
+		return nil, err
+	}
+	ns, err := openNetNS(opts.NetNS)
+	if err != nil {
+		return nil, err
+	}
+	l, err := ns.nl.LinkByName(cfg.Interface)
+	if err != nil {
+		ns.close()
+		if isLinkNotFound(err) {
+			return nil, fmt.Errorf("interface %q not found in %s", cfg.Interface, ns)
+		}
+		return nil, fmt.Errorf("find interface %q: %w", cfg.Interface, err)
+	}
+	m := &Manager{
+		opts: opts, log: opts.Logger.With("interface", cfg.Interface), ns: ns,
+		pinDir: filepath.Join(opts.PinRoot, cfg.Interface),
+		cfg:    cfg, ifindex: l.Attrs().Index, ifname: cfg.Interface, stop: make(chan struct{}),
+	}
+	if err := m.start(l); err != nil {
+		ns.close()
+		return nil, err
+	}
+	m.wg.Add(2)
+	go m.run()
+	go m.readSamples(m.samples)
+	return m, nil
+}
+
+// start does the work of Start, undoing its own steps on error.
+func (m *Manager) start(l netlink.Link) (err error) {
+	_, statErr := os.Stat(m.pinDir)
+	freshDir := errors.Is(statErr, os.ErrNotExist)
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+			if freshDir {
+				os.Remove(m.pinDir)
+			}
+		}
+	}()
+
+	dp, repin, err := m.loadDatapath(m.cfg.MaxTrackedSources)
+	if err != nil {
+		return err
+	}
+	undo = append(undo, func() {
+		if freshDir {
+			dp.Unpin()
+		}
+		dp.Close()
+	})
+	m.dp = dp
+	m.refreshAuto()
+	if err := m.configureDatapath(dp, l); err != nil {
+		return err
+	}
+
+	att, err := attachXDP(m.ns, m.pinDir, m.ifindex, dp.Program(), m.cfg.XDPMode)
+	if err != nil {
+		return err
+	}
+	if !att.adopted {
+		undo = append(undo, func() { att.detach() })
+	}
+	m.att = att
+	if repin {
+		if err := dp.Pin(m.pinDir); err != nil {
+			return err
+		}
+	}
+
+	p, err := openPromisc(m.ns, m.pinDir)
+	if err != nil {
+		return err
+	}
+	undo = append(undo, func() { p.close(freshDir) })
+	m.promisc = p
+	if m.cfg.Promiscuous {
+		if err := p.ensure(m.ifindex); err != nil {
+			return err
+		}
+		undo = append(undo, func() { p.restore(m.ifindex) })
+	} else if err := p.restore(m.ifindex); err != nil {
+		return err
+	}
+
+	samples, err := ringbuf.NewReader(dp.SamplesMap())
+	if err != nil {
+		return fmt.Errorf("open flow sample ring buffer: %w", err)
+	}
+	m.samples = samples
+	m.state = StateAttached
+	m.message = att.reason
+	m.log.Info("attached", "ifindex", m.ifindex, "xdpMode", att.mode, "reason", att.reason, "adopted", att.adopted,
+		"programID", xdpProgramID(m.ns, m.ifindex), "promiscuous", m.cfg.Promiscuous)
+	m.readCounters(time.Now())
+	return nil
+}
+
+// loadDatapath loads the program with maps pinned in the pin directory. If
+// maps pinned by an earlier run no longer fit (another capacity), it loads
+// with fresh, unpinned maps and reports repin: the caller pins them once the
+// link uses the new program, so enforcement never lapses.
+func (m *Manager) loadDatapath(capacity uint32) (*bpf.Datapath, bool, error) {
+	cfg := bpf.Config{MaxTrackedSources: capacity, MaxPrefixes: m.opts.MaxPrefixes, MaxRules: m.opts.MaxRules, PinPath: m.pinDir}
+	dp, err := bpf.Load(cfg)
+	if errors.Is(err, bpf.ErrIncompatiblePins) {
+		m.log.Warn("pinned maps do not match the configuration; starting with new maps (counters restart)", "error", err)
+		cfg.PinPath = ""
+		dp, err = bpf.Load(cfg)
+		return dp, true, err
+	}
+	return dp, false, err
+}
+
+// configureDatapath writes the interface MAC, the sampling rate and the rule
+// tables into dp.
+func (m *Manager) configureDatapath(dp *bpf.Datapath, l netlink.Link) error {
+	if mac := l.Attrs().HardwareAddr; len(mac) == 6 {
+		if err := dp.SetInterfaceMAC(mac); err != nil {
+			return err
+		}
+	}
+	if err := dp.SetSampleRate(m.cfg.FlowSampling); err != nil {
+		return err
+	}
+	return m.syncRules(dp)
+}
+
+// protected is every prefix the lockout guard keeps: configured ones plus
+// the node's own addresses and default gateways.
+func (m *Manager) protected() []netip.Prefix {
+	return append(slices.Clone(m.cfg.ProtectedCIDRs), m.auto...)
+}
+
+// syncRules makes dp's tables match the configuration, touching only what
+// changed.
+func (m *Manager) syncRules(dp *bpf.Datapath) error {
+	t, lost := buildTables(m.cfg.Blocks, m.protected())
+	for _, s := range lost {
+		m.log.Warn("prefix listed by two blocks; the other one applies", "block", s.Block, "prefix", s.Prefix, "appliedBlock", s.Winner)
+	}
+	for _, tab := range []bpf.Table{bpf.TableProtected, bpf.TableSource, bpf.TableDestination} {
+		w, d, err := dp.SyncPrefixes(tab, t[tab])
+		if err != nil {
+			return err
+		}
+		if w+d > 0 {
+			m.log.Debug("rule table synced", "table", tab, "written", w, "deleted", d, "size", len(t[tab]))
+		}
+	}
+	return nil
+}
+
+// refreshAuto recomputes the automatic protected prefixes (every address
+// of the namespace and its default gateways) and the default internal CIDRs
+// (the interface's connected subnets). It reports whether the protected set
+// changed.
+func (m *Manager) refreshAuto() bool {
+	var auto []netip.Prefix
+	if addrs, err := m.ns.nl.AddrList(nil, netlink.FAMILY_ALL); err == nil {
+		for _, a := range addrs {
+			if ip, ok := netip.AddrFromSlice(a.IP); ok {
+				ip = ip.Unmap()
+				auto = append(auto, netip.PrefixFrom(ip, ip.BitLen()))
+			}
+		}
+	}
+	if routes, err := m.ns.nl.RouteList(nil, netlink.FAMILY_ALL); err == nil {
+		for _, r := range routes {
+			if ip, ok := netip.AddrFromSlice(r.Gw); ok && (r.Dst == nil || isDefault(r.Dst.String())) {
+				ip = ip.Unmap()
+				auto = append(auto, netip.PrefixFrom(ip, ip.BitLen()))
+			}
+		}
+	}
+	slices.SortFunc(auto, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+	auto = slices.Compact(auto)
+	changed := !slices.Equal(auto, m.auto)
+	m.auto = auto
+
+	m.internal = m.cfg.InternalCIDRs
+	if len(m.internal) == 0 && m.ifindex != 0 {
+		if l, err := m.ns.nl.LinkByIndex(m.ifindex); err == nil {
+			if addrs, err := m.ns.nl.AddrList(l, netlink.FAMILY_ALL); err == nil {
+				var connected []netip.Prefix
+				for _, a := range addrs {
+					if ip, ok := netip.AddrFromSlice(a.IP); ok && a.IPNet != nil {
+						ones, _ := a.Mask.Size()
+						connected = append(connected, netip.PrefixFrom(ip.Unmap(), ones).Masked())
+					}
+				}
+				m.internal = connected
+			}
+		}
+	}
+	return changed
+}
+
+func isDefault(dst string) bool { return dst == "0.0.0.0/0" || dst == "::/0" }
+
+// run is the Manager's loop: counters every report interval, interface
+// events as they come.
+func (m *Manager) run() {
+	defer m.wg.Done()
+	updates := make(chan netlink.LinkUpdate, 64)
+	done := make(chan struct{})
+	defer close(done)
+	err := netlink.LinkSubscribeWithOptions(updates, done, netlink.LinkSubscribeOptions{
+		Namespace: &m.ns.handle,
+		ErrorCallback: func(err error) {
+			select {
+			case <-m.stop: // the socket closes on the way out
+			default:
+				m.log.Error("netlink subscription", "error", err)
+			}
+		},
+	})
+	if err != nil {
+		m.log.Error("netlink subscription failed; interface changes will be seen only at each report", "error", err)
+	}
+	m.mu.Lock()
+	interval := m.cfg.ReportInterval
+	m.mu.Unlock()
+	ticker := time.NewTicker(interval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-m.stop:
+			return
+		case now := <-ticker.C:
+			m.mu.Lock()
+			m.tick(now)
+			if m.cfg.ReportInterval != interval {
+				interval = m.cfg.ReportInterval
+				ticker.Reset(interval)
+			}
+			m.mu.Unlock()
+		case u, ok := <-updates:
+			if !ok {
+				updates = nil
+				continue
+			}
+			m.mu.Lock()
+			m.onLink(u)
+			m.mu.Unlock()
+		}
+	}
+}
+
+// tick reads the counters, and repairs what events may have missed.
+// Called with m.mu held.
+func (m *Manager) tick(now time.Time) {
+	if m.refreshAuto() {
+		if err := m.syncRules(m.dp); err != nil {
+			m.log.Error("sync protected addresses", "error", err)
+		}
+	}
+	if m.ifindex == 0 {
+		// A missed RTM_NEWLINK: look for the interface by name.
+		if l, err := m.ns.nl.LinkByName(m.cfg.Interface); err == nil {
+			m.reattach(l)
+		}
+	}
+	m.readCounters(now)
+}
+
+// onLink follows the interface: deleted, recreated (new ifindex), renamed.
+// Called with m.mu held.
+func (m *Manager) onLink(u netlink.LinkUpdate) {
+	attrs := u.Attrs()
+	m.log.Debug("link event", "type", u.Header.Type, "ifindex", u.Index, "name", attrs.Name)
+	switch {
+	case u.Header.Type == unix.RTM_DELLINK && int(u.Index) == m.ifindex:
+		m.log.Warn("interface deleted", "ifindex", m.ifindex)
+		if m.att != nil {
+			// The kernel already detached the program; drop the
+			// defunct link and its pin.
+			m.att.detach()
+			m.att = nil
+		}
+		m.ifindex = 0
+		m.state, m.message = StateNotAttached, fmt.Sprintf("interface %s was deleted; waiting for it to come back", m.ifname)
+	case u.Header.Type == unix.RTM_NEWLINK && int(u.Index) == m.ifindex && attrs.Name != m.ifname:
+		m.log.Info("interface renamed", "from", m.ifname, "to", attrs.Name)
+		m.ifname = attrs.Name
+	case u.Header.Type == unix.RTM_NEWLINK && m.ifindex == 0 && attrs.Name == m.cfg.Interface:
+		m.reattach(u.Link)
+	}
+}
+
+// reattach attaches to a recreated interface and re-applies its MAC and
+// promiscuity. Called with m.mu held.
+func (m *Manager) reattach(l netlink.Link) {
+	ifindex := l.Attrs().Index
+	att, err := attachXDP(m.ns, m.pinDir, ifindex, m.dp.Program(), m.cfg.XDPMode)
+	if err != nil {
+		m.message = fmt.Sprintf("re-attach to %s (ifindex %d): %v", l.Attrs().Name, ifindex, err)
+		m.log.Error("re-attach", "ifindex", ifindex, "error", err)
+		return
+	}
+	m.att, m.ifindex, m.ifname = att, ifindex, l.Attrs().Name
+	if mac := l.Attrs().HardwareAddr; len(mac) == 6 {
+		if err := m.dp.SetInterfaceMAC(mac); err != nil {
+			m.log.Error("set interface mac", "error", err)
+		}
+	}
+	if m.cfg.Promiscuous {
+		if err := m.promisc.ensure(ifindex); err != nil {
+			m.log.Error("promiscuous mode", "error", err)
+		}
+	}
+	m.state, m.message = StateAttached, att.reason
+	m.log.Info("re-attached", "ifindex", ifindex, "xdpMode", att.mode)
+}
+
+// readCounters takes a report. Called with m.mu held.
+func (m *Manager) readCounters(now time.Time) {
+	talkers, err := m.dp.Talkers()
+	if err != nil {
+		m.log.Error("read talkers", "error", err)
+		return
+	}
+	stats, err := m.dp.Stats()
+	if err != nil {
+		m.log.Error("read counters", "error", err)
+		return
+	}
+	m.tracker.update(now, talkers, stats)
+	r := Report{
+		Interface: m.ifname, Ifindex: m.ifindex, State: m.state, Message: m.message,
+		Time: now, Stats: stats,
+		BitsPerSecond: m.tracker.total.bits, PacketsPerSecond: m.tracker.total.packets,
+		TopTalkers:             rank(talkerReports(talkers, m.tracker.rates, m.internal), m.cfg.TopN),
+		TrackedSources:         len(talkers),
+		TrackedSourcesCapacity: int(m.dp.Config().MaxTrackedSources),
+	}
+	if n := uint64(len(talkers)); stats.TalkerInserts > n {
+		r.Evictions = stats.TalkerInserts - n
+	}
+	if m.att != nil {
+		r.XDPMode, r.XDPModeReason = m.att.mode, m.att.reason
+		r.ProgramID = xdpProgramID(m.ns, m.ifindex)
+	}
+	if m.ifindex != 0 {
+		r.Promiscuous, _ = m.promisc.flag(m.ifindex)
+	}
+	r.Rules, err = m.ruleReports()
+	if err != nil {
+		m.log.Error("read rule counters", "error", err)
+	}
+	m.last = r
+}
+
+// ruleReports joins the blocks with their counters. Called with m.mu held.
+func (m *Manager) ruleReports() ([]RuleReport, error) {
+	counters, err := m.dp.RuleCounters()
+	if err != nil {
+		return nil, err
+	}
+	protected := m.protected()
+	out := make([]RuleReport, 0, len(m.cfg.Blocks))
+	for _, b := range m.cfg.Blocks {
+		c := counters[b.RuleID]
+		cidrs := make([]string, len(b.CIDRs))
+		for i, p := range b.CIDRs {
+			cidrs[i] = prefixString(normalizePrefix(p))
+		}
+		out = append(out, RuleReport{
+			Name: b.Name, RuleID: b.RuleID, Generation: b.Generation, Direction: b.Direction, Mode: b.Mode, CIDRs: cidrs,
+			Matched: c.Matched, Dropped: c.Dropped, Exempted: c.Exempted,
+			ExemptedAddresses: exemptions(b.CIDRs, protected),
+		})
+	}
+	slices.SortFunc(out, func(a, b RuleReport) int { return int(a.RuleID) - int(b.RuleID) })
+	return out, nil
+}
+
+// Report returns the report taken at the last report interval.
+func (m *Manager) Report() Report {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.last
+}
+
+// Attachment returns the interface's current name, the XDP mode in use
+// ("" when not attached) and whether IFF_PROMISC is set, read now.
+func (m *Manager) Attachment() (ifname string, mode XDPMode, promiscuous bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.att != nil {
+		mode = m.att.mode
+	}
+	if m.ifindex != 0 {
+		promiscuous, _ = m.promisc.flag(m.ifindex)
+	}
+	return m.ifname, mode, promiscuous
+}
+
+// State returns what the interface is doing now, and why.
+func (m *Manager) State() (State, string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.state, m.message
+}
+
+// Config returns the configuration in force.
+func (m *Manager) Config() Config {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.cfg
+}
+
+// Talkers reads every tracked source now, with the rates of the last report
+// interval, ranked by bits per second then bytes; limit <= 0 returns all.
+func (m *Manager) Talkers(limit int) ([]TalkerReport, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ts, err := m.dp.Talkers()
+	if err != nil {
+		return nil, err
+	}
+	return rank(talkerReports(ts, m.tracker.rates, m.internal), limit), nil
+}
+
+// Stats reads the global counters now, with the number of tracked sources
+// and the talker map's capacity.
+func (m *Manager) Stats() (bpf.Stats, int, int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	st, err := m.dp.Stats()
+	if err != nil {
+		return st, 0, 0, err
+	}
+	ts, err := m.dp.Talkers()
+	if err != nil {
+		return st, 0, 0, err
+	}
+	return st, len(ts), int(m.dp.Config().MaxTrackedSources), nil
+}
+
+// Rules reads the blocks' counters now.
+func (m *Manager) Rules() ([]RuleReport, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.ruleReports()
+}
+
+// Apply changes the configuration of the running interface: blocks,
+// protected and internal CIDRs, sampling, top N and the report interval take
+// effect at once, by diff; a new talker capacity rebuilds the maps and swaps
+// the program atomically (counters restart); a new attach mode re-attaches
+// (the kernel allows one mode at a time, so for a moment no program runs);
+// promiscuity is set or restored. cfg.Interface must not change.
+// On error the previous configuration stays in force.
+func (m *Manager) Apply(cfg Config) error {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(m.opts.MaxRules); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if cfg.Interface != m.cfg.Interface {
+		return fmt.Errorf("interface: %q cannot change to %q in place; start a new manager", m.cfg.Interface, cfg.Interface)
+	}
+	prev := m.cfg
+	m.cfg = cfg
+	if err := m.apply(prev); err != nil {
+		m.cfg = prev
+		if serr := m.syncRules(m.dp); serr != nil {
+			err = errors.Join(err, fmt.Errorf("restore previous rules: %w", serr))
+		}
+		return err
+	}
+	m.refreshAuto()
+	return nil
+}
+
+// apply moves the datapath from prev to m.cfg. Called with m.mu held.
+func (m *Manager) apply(prev Config) error {
+	if m.cfg.MaxTrackedSources != prev.MaxTrackedSources {
+		if err := m.rebuild(); err != nil {
+			return err
+		}
+	}
+	if err := m.dp.SetSampleRate(m.cfg.FlowSampling); err != nil {
+		return err
+	}
+	if err := m.syncRules(m.dp); err != nil {
+		return err
+	}
+	if m.cfg.XDPMode != prev.XDPMode && m.att != nil {
+		if err := m.att.detach(); err != nil {
+			return err
+		}
+		att, err := attachXDP(m.ns, m.pinDir, m.ifindex, m.dp.Program(), m.cfg.XDPMode)
+		if err != nil {
+			m.att = nil
+			m.state, m.message = StateNotAttached, err.Error()
+			return err
+		}
+		m.att, m.message = att, att.reason
+	}
+	if m.cfg.Promiscuous != prev.Promiscuous && m.ifindex != 0 {
+		if m.cfg.Promiscuous {
+			return m.promisc.ensure(m.ifindex)
+		}
+		return m.promisc.restore(m.ifindex)
+	}
+	return nil
+}
+
+// rebuild replaces the maps by new ones of the configured capacity: the new
+// program gets the rules first, then takes over the link atomically, then
+// its maps replace the old pins. Called with m.mu held.
+func (m *Manager) rebuild() error {
+	cfg := m.dp.Config()
+	cfg.MaxTrackedSources, cfg.PinPath = m.cfg.MaxTrackedSources, ""
+	dp, err := bpf.Load(cfg)
+	if err != nil {
+		return err
+	}
+	l, err := m.ns.nl.LinkByIndex(m.ifindex)
+	if err == nil {
+		err = m.configureDatapath(dp, l)
+	}
+	if err == nil && m.att != nil {
+		err = m.att.link.Update(dp.Program())
+	}
+	if err == nil {
+		err = dp.Pin(m.pinDir)
+	}
+	if err != nil {
+		dp.Close()
+		return fmt.Errorf("rebuild maps for %d sources: %w", m.cfg.MaxTrackedSources, err)
+	}
+	old := m.dp
+	m.dp = dp
+	m.tracker = rateTracker{}
+	samples, serr := ringbuf.NewReader(dp.SamplesMap())
+	if serr == nil {
+		m.samples.Close()
+		m.samples = samples
+		m.wg.Add(1)
+		go m.readSamples(samples)
+	}
+	old.Close()
+	m.log.Info("maps rebuilt", "maxTrackedSources", m.cfg.MaxTrackedSources)
+	return nil
+}
+
+// Close stops the Manager. With cleanup it detaches the program, removes
+// every pin and restores promiscuity: the interface is left as it was found.
+// Without cleanup it only releases its file descriptors: the pinned link
+// keeps the program attached and counting, for the next agent to adopt.
+// Returns every error met, joined.
+func (m *Manager) Close(cleanup bool) error {
+	close(m.stop)
+	m.mu.Lock()
+	m.samples.Close()
+	m.mu.Unlock()
+	m.wg.Wait()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var err error
+	if cleanup {
+		if m.ifindex != 0 {
+			err = errors.Join(err, m.promisc.restore(m.ifindex))
+		}
+		if m.att != nil {
+			err = errors.Join(err, m.att.detach())
+		}
+		err = errors.Join(err, m.promisc.close(true), m.dp.Unpin(), m.dp.Close())
+		if rmErr := os.Remove(m.pinDir); rmErr != nil && !errors.Is(rmErr, os.ErrNotExist) {
+			err = errors.Join(err, fmt.Errorf("remove pin directory: %w", rmErr))
+		}
+		if rmErr := os.Remove(m.opts.PinRoot); rmErr != nil && !errors.Is(rmErr, os.ErrNotExist) && !errors.Is(rmErr, syscall.ENOTEMPTY) {
+			err = errors.Join(err, fmt.Errorf("remove pin root: %w", rmErr))
+		}
+	} else {
+		if m.att != nil {
+			err = errors.Join(err, m.att.link.Close())
+		}
+		err = errors.Join(err, m.promisc.close(false), m.dp.Close())
+	}
+	m.ns.close()
+	m.state = StateStopped
+	return err
+}

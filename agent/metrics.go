@@ -1,0 +1,111 @@
+package agent
+
+import (
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Collector exports the managers' last reports as Prometheus metrics. Its
+// cardinality is bounded: totals per interface, per-rule counters (one series
+// per IPBlock), and talker gauges for the top N addresses only (N <= 100).
+type Collector struct {
+	managers Managers
+}
+
+// NewCollector returns a Collector over managers; register it with a
+// prometheus.Registry.
+func NewCollector(managers Managers) *Collector { return &Collector{managers: managers} }
+
+var (
+	labelsIf   = []string{"interface"}
+	descFrames = map[string]*prometheus.Desc{}
+	frameHelp  = []struct{ name, help string }{
+		{"packets_total", "Frames seen by the XDP hook."},
+		{"bytes_total", "Bytes seen by the XDP hook (frame lengths, data_end - data)."},
+		{"passed_packets_total", "Frames passed (XDP_PASS)."},
+		{"dropped_packets_total", "Frames dropped by IPBlocks in Enforce mode (XDP_DROP)."},
+		{"malformed_packets_total", "Frames claiming IPv4/IPv6 that did not parse (passed)."},
+		{"non_ip_packets_total", "Frames that are neither IPv4 nor IPv6 (passed)."},
+		{"ipv4_packets_total", "Well-formed IPv4 packets."},
+		{"ipv6_packets_total", "Well-formed IPv6 packets."},
+		{"fragment_packets_total", "IP fragments."},
+		{"vlan_tagged_packets_total", "Frames with at least one VLAN tag."},
+		{"local_packets_total", "Frames addressed to this interface (own MAC, broadcast, multicast)."},
+		{"snooped_packets_total", "Frames addressed to other hosts, seen in promiscuous mode."},
+		{"exempted_packets_total", "Blocklist matches passed because the address is protected."},
+		{"talker_evictions_total", "Sources evicted from the full talker map (least recently seen first)."},
+		{"talker_insert_errors_total", "Sources that could not be inserted into the talker map."},
+		{"flow_samples_lost_total", "Flow samples lost to a full ring buffer."},
+	}
+	descAttached = prometheus.NewDesc("lanmonitor_xdp_attached", "1 when the XDP program is attached, with the attach mode in use.", []string{"interface", "mode"}, nil)
+	descPromisc  = prometheus.NewDesc("lanmonitor_promiscuous", "1 when the interface's IFF_PROMISC flag is set.", labelsIf, nil)
+	descTracked  = prometheus.NewDesc("lanmonitor_tracked_sources", "Source addresses in the talker map.", labelsIf, nil)
+	descCapacity = prometheus.NewDesc("lanmonitor_tracked_sources_capacity", "Capacity of the talker map.", labelsIf, nil)
+	descBps      = prometheus.NewDesc("lanmonitor_bits_per_second", "Traffic rate of the interface over the last report interval.", labelsIf, nil)
+	descRuleM    = prometheus.NewDesc("lanmonitor_rule_matched_packets_total", "Frames whose address matched the IPBlock.", []string{"interface", "ipblock"}, nil)
+	descRuleD    = prometheus.NewDesc("lanmonitor_rule_dropped_packets_total", "Frames the IPBlock dropped.", []string{"interface", "ipblock"}, nil)
+	descRuleE    = prometheus.NewDesc("lanmonitor_rule_exempted_packets_total", "Frames the IPBlock matched but passed because the address is protected.", []string{"interface", "ipblock"}, nil)
+	descTalkBps  = prometheus.NewDesc("lanmonitor_talker_bits_per_second", "Rate of a top-N talker over the last report interval.", []string{"interface", "address", "internal", "rank"}, nil)
+	descTalkPps  = prometheus.NewDesc("lanmonitor_talker_packets_per_second", "Packet rate of a top-N talker over the last report interval.", []string{"interface", "address", "internal", "rank"}, nil)
+)
+
+func init() {
+	for _, f := range frameHelp {
+		descFrames[f.name] = prometheus.NewDesc("lanmonitor_"+f.name, f.help, labelsIf, nil)
+	}
+}
+
+// Describe sends every metric description.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range descFrames {
+		ch <- d
+	}
+	for _, d := range []*prometheus.Desc{descAttached, descPromisc, descTracked, descCapacity, descBps, descRuleM, descRuleD, descRuleE, descTalkBps, descTalkPps} {
+		ch <- d
+	}
+}
+
+// Collect sends the metrics of every manager's last report.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	for _, m := range c.managers() {
+		r := m.Report()
+		ifn := m.Config().Interface
+		s := r.Stats
+		for name, v := range map[string]uint64{
+			"packets_total": s.Packets, "bytes_total": s.Bytes, "passed_packets_total": s.Passed, "dropped_packets_total": s.Dropped,
+			"malformed_packets_total": s.Malformed, "non_ip_packets_total": s.NonIP, "ipv4_packets_total": s.IPv4, "ipv6_packets_total": s.IPv6,
+			"fragment_packets_total": s.Fragments, "vlan_tagged_packets_total": s.VLANTagged, "local_packets_total": s.Local,
+			"snooped_packets_total": s.Snooped, "exempted_packets_total": s.Exempted, "talker_evictions_total": r.Evictions,
+			"talker_insert_errors_total": s.TalkerInsertErrors, "flow_samples_lost_total": s.SamplesLost,
+		} {
+			ch <- prometheus.MustNewConstMetric(descFrames[name], prometheus.CounterValue, float64(v), ifn)
+		}
+		if r.State == StateAttached {
+			ch <- prometheus.MustNewConstMetric(descAttached, prometheus.GaugeValue, 1, ifn, string(r.XDPMode))
+		} else {
+			ch <- prometheus.MustNewConstMetric(descAttached, prometheus.GaugeValue, 0, ifn, "")
+		}
+		ch <- prometheus.MustNewConstMetric(descPromisc, prometheus.GaugeValue, boolFloat(r.Promiscuous), ifn)
+		ch <- prometheus.MustNewConstMetric(descTracked, prometheus.GaugeValue, float64(r.TrackedSources), ifn)
+		ch <- prometheus.MustNewConstMetric(descCapacity, prometheus.GaugeValue, float64(r.TrackedSourcesCapacity), ifn)
+		ch <- prometheus.MustNewConstMetric(descBps, prometheus.GaugeValue, float64(r.BitsPerSecond), ifn)
+		for _, rr := range r.Rules {
+			ch <- prometheus.MustNewConstMetric(descRuleM, prometheus.CounterValue, float64(rr.Matched), ifn, rr.Name)
+			ch <- prometheus.MustNewConstMetric(descRuleD, prometheus.CounterValue, float64(rr.Dropped), ifn, rr.Name)
+			ch <- prometheus.MustNewConstMetric(descRuleE, prometheus.CounterValue, float64(rr.Exempted), ifn, rr.Name)
+		}
+		for i, t := range r.TopTalkers {
+			labels := []string{ifn, t.Address.String(), strconv.FormatBool(t.Internal), strconv.Itoa(i + 1)}
+			ch <- prometheus.MustNewConstMetric(descTalkBps, prometheus.GaugeValue, float64(t.BitsPerSecond), labels...)
+			ch <- prometheus.MustNewConstMetric(descTalkPps, prometheus.GaugeValue, float64(t.PacketsPerSecond), labels...)
+		}
+	}
+}
+
+func boolFloat(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}

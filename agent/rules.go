@@ -1,0 +1,136 @@
+package agent
+
+import (
+	"cmp"
+	"net/netip"
+	"slices"
+
+	"github.com/lanmonitor/lanmonitor/bpf"
+)
+
+// maxExemptedPerBlock bounds the exempted addresses reported per block.
+const maxExemptedPerBlock = 16
+
+// normalizePrefix masks p and writes IPv4-mapped IPv6 prefixes (::ffff:a.b.c.d/n,
+// n >= 96) in their IPv4 form, which is how the datapath stores IPv4.
+func normalizePrefix(p netip.Prefix) netip.Prefix {
+	if p.Addr().Is4In6() && p.Bits() >= 96 {
+		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+	}
+	return p.Masked()
+}
+
+// tables is the content of the three rule tables.
+type tables map[bpf.Table]map[netip.Prefix]bpf.Rule
+
+// shadowed is a block prefix that another block's entry for the same prefix
+// and table won over.
+type shadowed struct {
+	Block  string
+	Prefix netip.Prefix
+	Winner string
+}
+
+// buildTables renders blocks and protected prefixes into table contents. A
+// Source block goes into the source table, Destination into the destination
+// table, Both into both. When two blocks list the same prefix for the same
+// table, Enforce wins over Audit, then the lower rule ID; the losers are
+// returned so that they can be reported.
+func buildTables(blocks []Block, protected []netip.Prefix) (tables, []shadowed) {
+	t := tables{bpf.TableSource: {}, bpf.TableDestination: {}, bpf.TableProtected: {}}
+	owner := map[bpf.Table]map[netip.Prefix]*Block{bpf.TableSource: {}, bpf.TableDestination: {}}
+	var lost []shadowed
+	sorted := slices.Clone(blocks)
+	slices.SortFunc(sorted, func(a, b Block) int {
+		// Enforce first, then by rule ID: the first writer of a prefix wins.
+		if a.Mode != b.Mode {
+			if a.Mode == BlockModeEnforce {
+				return -1
+			}
+			return 1
+		}
+		return cmp.Compare(a.RuleID, b.RuleID)
+	})
+	for i := range sorted {
+		b := &sorted[i]
+		mode := bpf.ModeEnforce
+		if b.Mode == BlockModeAudit {
+			mode = bpf.ModeAudit
+		}
+		var tabs []bpf.Table
+		switch b.Direction {
+		case DirectionSource:
+			tabs = []bpf.Table{bpf.TableSource}
+		case DirectionDestination:
+			tabs = []bpf.Table{bpf.TableDestination}
+		case DirectionBoth:
+			tabs = []bpf.Table{bpf.TableSource, bpf.TableDestination}
+		}
+		for _, tab := range tabs {
+			for _, p := range b.CIDRs {
+				p = normalizePrefix(p)
+				if w, taken := owner[tab][p]; taken {
+					if w.Name != b.Name {
+						lost = append(lost, shadowed{Block: b.Name, Prefix: p, Winner: w.Name})
+					}
+					continue
+				}
+				owner[tab][p] = b
+				t[tab][p] = bpf.Rule{ID: b.RuleID, Mode: mode}
+			}
+		}
+	}
+	for _, p := range protected {
+		t[bpf.TableProtected][normalizePrefix(p)] = bpf.Rule{}
+	}
+	return t, lost
+}
+
+// exemptions lists, for a block's prefixes, the protected prefixes they
+// cover (or the block's own prefix where a protected one covers it): the
+// addresses the lockout guard keeps from being dropped. At most
+// maxExemptedPerBlock entries, sorted; hosts are written as bare addresses.
+func exemptions(cidrs []netip.Prefix, protected []netip.Prefix) []string {
+	seen := map[netip.Prefix]bool{}
+	for _, c := range cidrs {
+		c = normalizePrefix(c)
+		for _, p := range protected {
+			p = normalizePrefix(p)
+			if !c.Overlaps(p) {
+				continue
+			}
+			// The overlap of two prefixes is the longer one.
+			if p.Bits() >= c.Bits() {
+				seen[p] = true
+			} else {
+				seen[c] = true
+			}
+		}
+	}
+	out := make([]netip.Prefix, 0, len(seen))
+	for p := range seen {
+		out = append(out, p)
+	}
+	slices.SortFunc(out, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+	if len(out) > maxExemptedPerBlock {
+		out = out[:maxExemptedPerBlock]
+	}
+	s := make([]string, len(out))
+	for i, p := range out {
+		s[i] = prefixString(p)
+	}
+	return s
+}
+
+// prefixString writes a host prefix as a bare address.
+func prefixString(p netip.Prefix) string {
+	if p.IsSingleIP() {
+		return p.Addr().String()
+	}
+	return p.String()
+}

@@ -1,0 +1,199 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/lanmonitor/lanmonitor/internal/crdvalidate"
+)
+
+// StandaloneOptions configure RunStandalone.
+type StandaloneOptions struct {
+	// Interface to monitor (required).
+	Interface string
+	// Files hold LanMonitor and IPBlock manifests; they are watched and
+	// reloaded when they change.
+	Files []string
+	// Listen is the address of the HTTP API, e.g. 127.0.0.1:9470.
+	Listen string
+	// KeepOnExit leaves the program attached and pinned when ctx ends, for
+	// the next agent (an upgrade) to adopt, instead of cleaning up.
+	KeepOnExit bool
+	// Manager options (pin root, network namespace, map sizes, logger).
+	Manager Options
+}
+
+// DefaultListen is the standalone API's default address.
+const DefaultListen = "127.0.0.1:9470"
+
+// reloadDelay groups the bursts of events an editor makes when saving.
+const reloadDelay = 200 * time.Millisecond
+
+// RunStandalone is `lanmonitor-agent standalone`: it validates the manifest
+// files, binds the API address, attaches to the interface and serves the
+// local API until ctx is cancelled (SIGTERM), then detaches, unpins and
+// restores promiscuity (unless KeepOnExit). A changed file is reloaded; an invalid one is
+// reported (naming the file, object and field) and the previous
+// configuration stays in force. IPBlocks are lifted at their expiresAt.
+//
+// Errors before attaching (bad files, address in use, missing interface,
+// missing privileges, another XDP program on the interface) are returned
+// with nothing changed on the machine.
+func RunStandalone(ctx context.Context, o StandaloneOptions) error {
+	o.Manager.setDefaults()
+	log := o.Manager.Logger
+	if o.Interface == "" {
+		return errors.New("--interface is required")
+	}
+	if len(o.Files) == 0 {
+		return errors.New("at least one -f FILE with LanMonitor/IPBlock manifests is required")
+	}
+	if o.Listen == "" {
+		o.Listen = DefaultListen
+	}
+	v, err := NewValidator()
+	if err != nil {
+		return err
+	}
+	cfg, nextExpiry, err := loadStandalone(v, o, time.Now())
+	if err != nil {
+		return err
+	}
+	watcher, err := watchFiles(o.Files)
+	if err != nil {
+		return err
+	}
+	defer watcher.Close()
+	ln, err := net.Listen("tcp", o.Listen)
+	if err != nil {
+		return fmt.Errorf("--listen: %w", err)
+	}
+	defer ln.Close()
+
+	m, err := Start(cfg, o.Manager)
+	if err != nil {
+		return err
+	}
+	managers := func() []*Manager { return []*Manager{m} }
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewCollector(managers), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	srv := &http.Server{Handler: NewHandler(managers, reg, func() error { return readiness(m) }), ReadHeaderTimeout: 5 * time.Second}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	log.Info("standalone agent running", "interface", o.Interface, "listen", ln.Addr().String(), "files", o.Files, "blocks", len(cfg.Blocks))
+
+	expiry := timerAt(nextExpiry)
+	var debounce <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			srv.Shutdown(shutdownCtx)
+			cancel()
+			err := m.Close(!o.KeepOnExit)
+			switch {
+			case err != nil:
+			case o.KeepOnExit:
+				log.Info("stopped: program left attached and pinned for the next agent", "interface", o.Interface)
+			default:
+				log.Info("stopped: program detached, pins removed, promiscuity restored", "interface", o.Interface)
+			}
+			return err
+		case err := <-serveErr:
+			m.Close(true)
+			return fmt.Errorf("serve api: %w", err)
+		case ev := <-watcher.Events:
+			if watched(o.Files, ev.Name) {
+				debounce = time.After(reloadDelay)
+			}
+		case err := <-watcher.Errors:
+			log.Error("watch manifest files", "error", err)
+		case <-debounce:
+			nextExpiry = reload(v, o, m, log, nextExpiry)
+			expiry = timerAt(nextExpiry)
+		case <-expiry:
+			nextExpiry = reload(v, o, m, log, nextExpiry)
+			expiry = timerAt(nextExpiry)
+		}
+	}
+}
+
+// loadStandalone reads the files into a Config.
+func loadStandalone(v *crdvalidate.Validator, o StandaloneOptions, now time.Time) (Config, time.Time, error) {
+	mf, err := LoadManifests(v, o.Files)
+	if err != nil {
+		return Config{}, time.Time{}, err
+	}
+	return StandaloneConfig(o.Interface, mf, now, o.Manager.MaxRules)
+}
+
+// reload applies the files again; on any error the running configuration
+// stays and the error is logged. It returns the next expiry to wait for.
+func reload(v *crdvalidate.Validator, o StandaloneOptions, m *Manager, log *slog.Logger, prevExpiry time.Time) time.Time {
+	cfg, next, err := loadStandalone(v, o, time.Now())
+	if err == nil {
+		err = m.Apply(cfg)
+	}
+	if err != nil {
+		log.Error("configuration not reloaded; the previous one stays in force", "error", err)
+		return prevExpiry
+	}
+	log.Info("configuration reloaded", "blocks", len(cfg.Blocks))
+	return next
+}
+
+func readiness(m *Manager) error {
+	if state, msg := m.State(); state != StateAttached {
+		return fmt.Errorf("%s: %s", state, msg)
+	}
+	return nil
+}
+
+// watchFiles watches the directories of files, so that editors that
+// replace a file (write to a temporary file, rename) are seen too.
+func watchFiles(files []string) (*fsnotify.Watcher, error) {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return nil, fmt.Errorf("watch files: %w", err)
+	}
+	var dirs []string
+	for _, f := range files {
+		dirs = append(dirs, filepath.Dir(f))
+	}
+	slices.Sort(dirs)
+	for _, d := range slices.Compact(dirs) {
+		if err := w.Add(d); err != nil {
+			w.Close()
+			return nil, fmt.Errorf("watch %s: %w", d, err)
+		}
+	}
+	return w, nil
+}
+
+func watched(files []string, name string) bool {
+	for _, f := range files {
+		if filepath.Clean(f) == filepath.Clean(name) {
+			return true
+		}
+	}
+	return false
+}
+
+// timerAt fires at t, or never when t is zero.
+func timerAt(t time.Time) <-chan time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return time.After(time.Until(t))
+}

@@ -1,0 +1,120 @@
+// Command lanmonitor-agent is lanmonitor's node agent. `lanmonitor-agent
+// standalone` watches one interface of one Linux box without Kubernetes;
+// `lanmonitor-agent kubernetes` runs on every node of a cluster (DaemonSet).
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/lanmonitor/lanmonitor/agent"
+	"github.com/lanmonitor/lanmonitor/internal/version"
+)
+
+func main() {
+	if err := newRootCommand().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "lanmonitor-agent:", err)
+		os.Exit(1)
+	}
+}
+
+// common are the flags every mode takes.
+type common struct {
+	pinRoot     string
+	netns       string
+	maxPrefixes uint32
+	maxRules    uint32
+	logFormat   string
+	logLevel    string
+}
+
+func (c *common) register(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.StringVar(&c.pinRoot, "pin-root", agent.DefaultPinRoot, "bpffs directory for the pinned maps and XDP links (one subdirectory per interface)")
+	f.StringVar(&c.netns, "netns", "", "path of the network namespace holding the interface (default: the agent's own)")
+	f.Uint32Var(&c.maxPrefixes, "max-prefixes", 0, "capacity of the blocklist and protected tables, in prefixes (default 262144)")
+	f.Uint32Var(&c.maxRules, "max-rules", 0, "rule IDs available for IPBlocks, 1..N-1 (default 4096)")
+	f.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
+	f.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+}
+
+func (c *common) options() (agent.Options, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.logLevel)); err != nil {
+		return agent.Options{}, fmt.Errorf("--log-level: %w", err)
+	}
+	hopts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler
+	switch c.logFormat {
+	case "text":
+		h = slog.NewTextHandler(os.Stderr, hopts)
+	case "json":
+		h = slog.NewJSONHandler(os.Stderr, hopts)
+	default:
+		return agent.Options{}, fmt.Errorf("--log-format: %q is neither text nor json", c.logFormat)
+	}
+	log := slog.New(h)
+	slog.SetDefault(log)
+	return agent.Options{PinRoot: c.pinRoot, NetNS: c.netns, MaxPrefixes: c.maxPrefixes, MaxRules: c.maxRules, Logger: log}, nil
+}
+
+func newRootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "lanmonitor-agent",
+		Short:         "lanmonitor's node agent: XDP traffic counting and blocking on a LAN interface",
+		Version:       version.Version,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(newStandaloneCommand())
+	return root
+}
+
+func newStandaloneCommand() *cobra.Command {
+	var (
+		c      common
+		iface  string
+		files  []string
+		listen string
+		keep   bool
+	)
+	cmd := &cobra.Command{
+		Use:   "standalone --interface IF -f FILE [-f FILE...] [--listen ADDR]",
+		Short: "Monitor one interface without Kubernetes, configured by LanMonitor/IPBlock manifests",
+		Long: `Attaches the XDP program to --interface, puts it in promiscuous mode (as the
+LanMonitor says), applies the IPBlocks of the files (reloaded when they change)
+and serves the JSON API and Prometheus metrics on --listen:
+
+  GET /api/v1/talkers?limit=N   top talkers (limit=0: every tracked source)
+  GET /api/v1/stats             cumulative counters
+  GET /api/v1/blocks            per-IPBlock counters
+  GET /metrics, /healthz, /readyz
+
+On SIGTERM or SIGINT it detaches, unpins and restores promiscuity, and exits 0
+(with --keep-on-exit it leaves the program attached for the next agent).
+A restarted agent adopts the pinned program and counters of the previous one.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			opts, err := c.options()
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			return agent.RunStandalone(ctx, agent.StandaloneOptions{Interface: iface, Files: files, Listen: listen, KeepOnExit: keep, Manager: opts})
+		},
+	}
+	c.register(cmd)
+	cmd.Flags().StringVarP(&iface, "interface", "i", "", "interface to monitor (required)")
+	cmd.Flags().StringArrayVarP(&files, "file", "f", nil, "file of LanMonitor and IPBlock manifests (repeatable, required)")
+	cmd.Flags().StringVar(&listen, "listen", agent.DefaultListen, "address of the JSON API and /metrics")
+	cmd.Flags().BoolVar(&keep, "keep-on-exit", false, "on SIGTERM leave the program attached and pinned for the next agent to adopt (an upgrade without a gap) instead of cleaning up")
+	cmd.MarkFlagRequired("interface")
+	cmd.MarkFlagRequired("file")
+	return cmd
+}
