@@ -20,8 +20,10 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -101,7 +103,10 @@ func (e *Env) Stop() error {
 }
 
 // Main is a TestMain body: it starts an Env into *env, runs the tests, stops
-// the Env and exits with the tests' code.
+// the Env and exits with the tests' code. An interrupt (SIGINT, SIGTERM)
+// also stops the Env, whose processes would otherwise outlive the test
+// binary (envtest starts them in their own process group). A test that
+// panics, or a `go test -timeout` that fires, still leaves them behind.
 func Main(m *testing.M, env **Env) {
 	e, err := Start()
 	if err != nil {
@@ -109,7 +114,16 @@ func Main(m *testing.M, env **Env) {
 		os.Exit(1)
 	}
 	*env = e
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		s := <-sig
+		fmt.Fprintf(os.Stderr, "testenv: %v: stopping kube-apiserver and etcd\n", s)
+		_ = e.Stop()
+		os.Exit(1)
+	}()
 	code := m.Run()
+	signal.Stop(sig)
 	if err := e.Stop(); err != nil {
 		fmt.Fprintf(os.Stderr, "testenv: %v\n", err)
 		if code == 0 {
