@@ -139,10 +139,18 @@ func NewHandler(managers Managers, gatherer prometheus.Gatherer, ready func() er
 			writeError(w, http.StatusInternalServerError, err)
 			return
 		}
+		cidrs := map[string][]string{}
+		for _, b := range m.Config().Blocks {
+			ss := make([]string, len(b.CIDRs))
+			for i, p := range b.CIDRs {
+				ss[i] = prefixString(normalizePrefix(p))
+			}
+			cidrs[b.Name] = ss
+		}
 		resp := BlocksResponse{Rules: make([]BlockJSON, len(rules))}
 		for i, rr := range rules {
 			resp.Rules[i] = BlockJSON{
-				Name: rr.Name, CIDRs: rr.CIDRs, Direction: rr.Direction, Mode: rr.Mode,
+				Name: rr.Name, CIDRs: cidrs[rr.Name], Direction: rr.Direction, Mode: rr.Mode,
 				MatchedPackets: rr.Matched, DroppedPackets: rr.Dropped, ExemptedAddresses: nonNil(rr.ExemptedAddresses),
 			}
 		}

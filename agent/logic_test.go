@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"fmt"
 	"net/netip"
 	"reflect"
 	"strings"
@@ -24,17 +25,17 @@ func TestRatesFromDeltasOverElapsedTime(t *testing.T) {
 	a, b := addr("198.18.0.1"), addr("2001:db8::2")
 	// First read: baseline only, even for counters adopted from a run.
 	r.update(t0, []bpf.Talker{{Addr: a, Packets: 100, Bytes: 100000}}, bpf.Stats{Packets: 100, Bytes: 100000})
-	if len(r.rates) != 0 || r.total != (rate{}) {
-		t.Fatalf("first read gave rates %v total %v, want none", r.rates, r.total)
+	if r.rateOf(a) != (rate{}) || r.total != (rate{}) {
+		t.Fatalf("first read gave rate %v total %v, want none", r.rateOf(a), r.total)
 	}
 	// 2.5 s later: a sent 50 packets, 62500 bytes; b is new with 10 packets, 1000 bytes.
 	r.update(t0.Add(2500*time.Millisecond),
 		[]bpf.Talker{{Addr: a, Packets: 150, Bytes: 162500}, {Addr: b, Packets: 10, Bytes: 1000}},
 		bpf.Stats{Packets: 160, Bytes: 163500})
-	if got, want := r.rates[a], (rate{bits: 200000, packets: 20}); got != want {
+	if got, want := r.rateOf(a), (rate{bits: 200000, packets: 20}); got != want {
 		t.Errorf("rate of a %+v, want %+v", got, want)
 	}
-	if got, want := r.rates[b], (rate{bits: 3200, packets: 4}); got != want {
+	if got, want := r.rateOf(b), (rate{bits: 3200, packets: 4}); got != want {
 		t.Errorf("rate of new source b %+v, want %+v", got, want)
 	}
 	if got, want := r.total, (rate{bits: 203200, packets: 24}); got != want {
@@ -44,10 +45,10 @@ func TestRatesFromDeltasOverElapsedTime(t *testing.T) {
 	r.update(t0.Add(3500*time.Millisecond),
 		[]bpf.Talker{{Addr: a, Packets: 5, Bytes: 500}, {Addr: b, Packets: 10, Bytes: 1000}},
 		bpf.Stats{Packets: 165, Bytes: 164000})
-	if got, want := r.rates[a], (rate{bits: 4000, packets: 5}); got != want {
+	if got, want := r.rateOf(a), (rate{bits: 4000, packets: 5}); got != want {
 		t.Errorf("rate after reset %+v, want %+v", got, want)
 	}
-	if got := r.rates[b]; got != (rate{}) {
+	if got := r.rateOf(b); got != (rate{}) {
 		t.Errorf("idle source rate %+v, want 0", got)
 	}
 	// Global counters reset (maps rebuilt).
@@ -177,5 +178,29 @@ func TestConfigValidate(t *testing.T) {
 	}
 	if err := ok.Validate(4096); err != nil {
 		t.Errorf("valid config refused: %v", err)
+	}
+}
+
+// TestTopTalkersSelection: the heap selection gives the same top N as a full
+// rank, ties broken by bytes then address.
+func TestTopTalkersSelection(t *testing.T) {
+	var tr rateTracker
+	var talkers []bpf.Talker
+	t0 := time.Unix(0, 0)
+	for i := range 300 {
+		talkers = append(talkers, bpf.Talker{Addr: addr(fmt.Sprintf("198.18.%d.%d", i/256, i%256)), Packets: 1, Bytes: uint64(i % 7)})
+	}
+	tr.update(t0, talkers, bpf.Stats{})
+	for i := range talkers {
+		talkers[i].Bytes += uint64((i * 37) % 11 * 100)
+		talkers[i].Packets++
+	}
+	tr.update(t0.Add(time.Second), talkers, bpf.Stats{})
+	for _, n := range []int{1, 5, 10, 100, 299} {
+		full := rank(talkerReports(talkers, &tr, nil), n)
+		top := topTalkers(talkers, &tr, nil, n)
+		if !reflect.DeepEqual(full, top) {
+			t.Fatalf("n=%d: selection %v, full rank %v", n, top, full)
+		}
 	}
 }

@@ -109,7 +109,12 @@ type Manager struct {
 	last     Report
 	internal []netip.Prefix
 	auto     []netip.Prefix // node addresses and default gateways
+	// exempted caches each block's protected addresses (by name); it
+	// changes only with the configuration or the automatic addresses.
+	exempted map[string][]string
 	samples  *ringbuf.Reader
+	// readBuf is reused by the periodic reads of the talker map.
+	readBuf []bpf.Talker
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -317,6 +322,9 @@ func (m *Manager) refreshAuto() bool {
 	auto = slices.Compact(auto)
 	changed := !slices.Equal(auto, m.auto)
 	m.auto = auto
+	if changed {
+		m.exempted = nil
+	}
 
 	m.internal = m.cfg.InternalCIDRs
 	if len(m.internal) == 0 && m.ifindex != 0 {
@@ -455,7 +463,8 @@ func (m *Manager) reattach(l netlink.Link) {
 
 // readCounters takes a report. Called with m.mu held.
 func (m *Manager) readCounters(now time.Time) {
-	talkers, err := m.dp.Talkers()
+	talkers, err := m.dp.AppendTalkers(m.readBuf[:0])
+	m.readBuf = talkers
 	if err != nil {
 		m.log.Error("read talkers", "error", err)
 		return
@@ -470,7 +479,7 @@ func (m *Manager) readCounters(now time.Time) {
 		Interface: m.ifname, Ifindex: m.ifindex, State: m.state, Message: m.message,
 		Time: now, Stats: stats,
 		BitsPerSecond: m.tracker.total.bits, PacketsPerSecond: m.tracker.total.packets,
-		TopTalkers:             rank(talkerReports(talkers, m.tracker.rates, m.internal), m.cfg.TopN),
+		TopTalkers:             topTalkers(talkers, &m.tracker, m.internal, m.cfg.TopN),
 		TrackedSources:         len(talkers),
 		TrackedSourcesCapacity: int(m.dp.Config().MaxTrackedSources),
 	}
@@ -497,18 +506,20 @@ func (m *Manager) ruleReports() ([]RuleReport, error) {
 	if err != nil {
 		return nil, err
 	}
-	protected := m.protected()
+	if m.exempted == nil {
+		protected := m.protected()
+		m.exempted = make(map[string][]string, len(m.cfg.Blocks))
+		for _, b := range m.cfg.Blocks {
+			m.exempted[b.Name] = exemptions(b.CIDRs, protected)
+		}
+	}
 	out := make([]RuleReport, 0, len(m.cfg.Blocks))
 	for _, b := range m.cfg.Blocks {
 		c := counters[b.RuleID]
-		cidrs := make([]string, len(b.CIDRs))
-		for i, p := range b.CIDRs {
-			cidrs[i] = prefixString(normalizePrefix(p))
-		}
 		out = append(out, RuleReport{
-			Name: b.Name, RuleID: b.RuleID, Generation: b.Generation, Direction: b.Direction, Mode: b.Mode, CIDRs: cidrs,
+			Name: b.Name, RuleID: b.RuleID, Generation: b.Generation, Direction: b.Direction, Mode: b.Mode,
 			Matched: c.Matched, Dropped: c.Dropped, Exempted: c.Exempted,
-			ExemptedAddresses: exemptions(b.CIDRs, protected),
+			ExemptedAddresses: m.exempted[b.Name],
 		})
 	}
 	slices.SortFunc(out, func(a, b RuleReport) int { return int(a.RuleID) - int(b.RuleID) })
@@ -559,7 +570,7 @@ func (m *Manager) Talkers(limit int) ([]TalkerReport, error) {
 	if err != nil {
 		return nil, err
 	}
-	return rank(talkerReports(ts, m.tracker.rates, m.internal), limit), nil
+	return rank(talkerReports(ts, &m.tracker, m.internal), limit), nil
 }
 
 // Stats reads the global counters now, with the number of tracked sources
@@ -604,6 +615,7 @@ func (m *Manager) Apply(cfg Config) error {
 	}
 	prev := m.cfg
 	m.cfg = cfg
+	m.exempted = nil
 	if err := m.apply(prev); err != nil {
 		m.cfg = prev
 		if serr := m.syncRules(m.dp); serr != nil {

@@ -30,7 +30,6 @@ type RuleReport struct {
 	Generation int64
 	Direction  Direction
 	Mode       BlockMode
-	CIDRs      []string
 	Matched    uint64 // frames whose address matched the block
 	Dropped    uint64 // of those, dropped
 	Exempted   uint64 // of those, passed because the address is protected
@@ -64,47 +63,70 @@ func delta(cur, prev uint64) uint64 {
 }
 
 // rateTracker remembers the last read of every counter to turn the next read
-// into rates over the real elapsed time between the two reads.
+// into rates over the real elapsed time between the two reads. Its map is
+// kept and updated in place, so a report of 65,536 sources does not
+// reallocate it.
 type rateTracker struct {
 	at      time.Time
-	talkers map[bpf.Addr]bpf.Talker
+	started bool
+	gen     uint32
+	entries map[bpf.Addr]trackEntry
 	stats   bpf.Stats
-	// rates of the last interval, by source.
-	rates map[bpf.Addr]rate
-	total rate
+	total   rate
+}
+
+// trackEntry is one source's counters at the last read and its rate over
+// the interval before that read.
+type trackEntry struct {
+	packets, bytes uint64
+	rate           rate
+	gen            uint32
 }
 
 // update takes a new read at now and computes the rates since the previous
 // one. The first read only sets the baseline: counters adopted from an
 // earlier run carry no information about the current rate.
 func (r *rateTracker) update(now time.Time, talkers []bpf.Talker, stats bpf.Stats) {
-	first := r.talkers == nil
-	elapsed := now.Sub(r.at)
-	rates := make(map[bpf.Addr]rate, len(talkers))
-	cur := make(map[bpf.Addr]bpf.Talker, len(talkers))
-	for _, t := range talkers {
-		cur[t.Addr] = t
-		if first {
-			continue
-		}
-		prev := r.talkers[t.Addr] // zero when new since the last read
-		if t.Packets < prev.Packets || t.Bytes < prev.Bytes {
-			prev = bpf.Talker{}
-		}
-		rates[t.Addr] = perSecond(delta(t.Bytes, prev.Bytes), delta(t.Packets, prev.Packets), elapsed)
+	if r.entries == nil {
+		r.entries = make(map[bpf.Addr]trackEntry, len(talkers))
 	}
-	if first {
-		r.total = rate{}
-	} else {
+	elapsed := now.Sub(r.at)
+	r.gen++
+	for _, t := range talkers {
+		prev, known := r.entries[t.Addr] // unknown: new since the last read
+		e := trackEntry{packets: t.Packets, bytes: t.Bytes, gen: r.gen}
+		if r.started {
+			if !known || t.Packets < prev.packets || t.Bytes < prev.bytes {
+				prev = trackEntry{} // new, or reset: all of it is recent
+			}
+			e.rate = perSecond(delta(t.Bytes, prev.bytes), delta(t.Packets, prev.packets), elapsed)
+		}
+		r.entries[t.Addr] = e
+	}
+	for a, e := range r.entries {
+		if e.gen != r.gen {
+			delete(r.entries, a) // evicted since
+		}
+	}
+	if r.started {
 		r.total = perSecond(delta(stats.Bytes, r.stats.Bytes), delta(stats.Packets, r.stats.Packets), elapsed)
 	}
-	r.at, r.talkers, r.stats, r.rates = now, cur, stats, rates
+	r.at, r.stats, r.started = now, stats, true
 }
 
+// rateOf is a source's rate over the last interval (zero if unknown).
+func (r *rateTracker) rateOf(a bpf.Addr) rate { return r.entries[a].rate }
+
 // rank orders talkers by bits per second, then bytes, descending, then by
-// address, and keeps the first limit (all when limit <= 0).
+// address, and keeps the first limit (all when limit <= 0). It sorts indices
+// rather than the 88-byte reports, which halves the time for 65,536 sources.
 func rank(ts []TalkerReport, limit int) []TalkerReport {
-	slices.SortFunc(ts, func(a, b TalkerReport) int {
+	idx := make([]int32, len(ts))
+	for i := range idx {
+		idx[i] = int32(i)
+	}
+	slices.SortFunc(idx, func(i, j int32) int {
+		a, b := &ts[i], &ts[j]
 		if c := cmp.Compare(b.BitsPerSecond, a.BitsPerSecond); c != 0 {
 			return c
 		}
@@ -113,19 +135,79 @@ func rank(ts []TalkerReport, limit int) []TalkerReport {
 		}
 		return a.Address.Compare(b.Address)
 	})
-	if limit > 0 && len(ts) > limit {
-		ts = ts[:limit]
+	if limit <= 0 || limit > len(ts) {
+		limit = len(ts)
 	}
-	return ts
+	out := make([]TalkerReport, limit)
+	for i := range out {
+		out[i] = ts[idx[i]]
+	}
+	return out
+}
+
+// topTalkers ranks talkers as rank does and returns the first n as reports,
+// without building a report for every source: a selection over the tracker's
+// rates, O(len(talkers) * log n).
+func topTalkers(talkers []bpf.Talker, tr *rateTracker, internal []netip.Prefix, n int) []TalkerReport {
+	if n <= 0 || n >= len(talkers) {
+		return rank(talkerReports(talkers, tr, internal), n)
+	}
+	// A min-heap (by ranking order) of the best n seen so far.
+	better := func(a, b *bpf.Talker) bool {
+		ra, rb := tr.rateOf(a.Addr), tr.rateOf(b.Addr)
+		if ra.bits != rb.bits {
+			return ra.bits > rb.bits
+		}
+		if a.Bytes != b.Bytes {
+			return a.Bytes > b.Bytes
+		}
+		return a.Addr.NetIP().Less(b.Addr.NetIP())
+	}
+	h := make([]*bpf.Talker, 0, n)
+	down := func(i int) {
+		for {
+			l, r, w := 2*i+1, 2*i+2, i
+			if l < len(h) && better(h[w], h[l]) {
+				w = l
+			}
+			if r < len(h) && better(h[w], h[r]) {
+				w = r
+			}
+			if w == i {
+				return
+			}
+			h[i], h[w] = h[w], h[i]
+			i = w
+		}
+	}
+	for i := range talkers {
+		t := &talkers[i]
+		if len(h) < n {
+			h = append(h, t)
+			for j := len(h) - 1; j > 0 && better(h[(j-1)/2], h[j]); j = (j - 1) / 2 {
+				h[j], h[(j-1)/2] = h[(j-1)/2], h[j]
+			}
+			continue
+		}
+		if better(t, h[0]) {
+			h[0] = t
+			down(0)
+		}
+	}
+	picked := make([]bpf.Talker, len(h))
+	for i, t := range h {
+		picked[i] = *t
+	}
+	return rank(talkerReports(picked, tr, internal), n)
 }
 
 // talkerReports joins counters with the tracker's rates and marks internal
 // addresses.
-func talkerReports(talkers []bpf.Talker, rates map[bpf.Addr]rate, internal []netip.Prefix) []TalkerReport {
+func talkerReports(talkers []bpf.Talker, tr *rateTracker, internal []netip.Prefix) []TalkerReport {
 	out := make([]TalkerReport, len(talkers))
 	for i, t := range talkers {
 		a := t.Addr.NetIP()
-		r := rates[t.Addr]
+		r := tr.rateOf(t.Addr)
 		out[i] = TalkerReport{
 			Address: a, Internal: containsAddr(internal, a),
 			Packets: t.Packets, Bytes: t.Bytes, LocalPackets: t.LocalPackets, SnoopedPackets: t.SnoopedPackets,

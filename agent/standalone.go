@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"time"
 
@@ -85,6 +86,9 @@ func RunStandalone(ctx context.Context, o StandaloneOptions) error {
 	if err != nil {
 		return err
 	}
+	// Decoding, validating and syncing a large blocklist (100k CIDRs)
+	// needs several times the memory the result keeps: give it back now.
+	debug.FreeOSMemory()
 	managers := func() []*Manager { return []*Manager{m} }
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(NewCollector(managers), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -150,6 +154,7 @@ func reload(v *crdvalidate.Validator, o StandaloneOptions, m *Manager, log *slog
 		return prevExpiry
 	}
 	log.Info("configuration reloaded", "blocks", len(cfg.Blocks))
+	debug.FreeOSMemory()
 	return next
 }
 

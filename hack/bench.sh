@@ -16,5 +16,8 @@ trap 'rm -f "$out"' EXIT
 	echo "kernel: $(uname -r)"
 	echo "cpus: $(nproc)"
 } >"$out"
+# XDP per-packet costs: many iterations per measurement.
 "$GO" test -run '^$' -bench "$BENCH" -benchtime 2000000x -count "$COUNT" ./bpf/ | tee -a "$out" >&2
+# Agent: blocklist sync, read and rank, memory, throughput over a veth.
+"$GO" test -run '^$' -bench "$BENCH" -benchtime 3x -count "$COUNT" ./agent/ | tee -a "$out" >&2
 "$GO" run ./hack/benchreport <"$out"
