@@ -1,6 +1,9 @@
 package agent_test
 
 import (
+	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -559,5 +562,48 @@ func TestBadInput(t *testing.T) {
 				t.Fatalf("pins left: %v", entries)
 			}
 		})
+	}
+}
+
+// TestMetricsAndSampling: /metrics has exact totals and per-rule counters and
+// talker gauges for the top N only (bounded cardinality); flowSampling 1
+// logs one structured line per packet with addresses, ports, protocol,
+// local/snooped and verdict.
+func TestMetricsAndSampling(t *testing.T) {
+	l := newLAN(t, lanOptions{})
+	cfg := strings.Replace(monitor1s, "spec:\n", "spec:\n  topN: 2\n  flowSampling: 1\n", 1) + ipblock("blocked", blockedSrc)
+	a := l.start(t, agentBinary(t, "dev"), manifests(t, t.TempDir(), cfg))
+	for i := range 5 {
+		l.send(t, udp(fmt.Sprintf("198.18.0.%d", 100+i), 10))
+	}
+	l.send(t, udp(blockedSrc, 10), udp(blockedSrc, 10))
+	waitFor(t, 5*time.Second, "7 frames", func() bool { return a.stats().Packets == 7 })
+	time.Sleep(1500 * time.Millisecond) // a report
+	resp, err := http.Get(a.api + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	metrics := string(body)
+	for _, want := range []string{
+		`lanmonitor_packets_total{interface="lan0"} 7`,
+		`lanmonitor_dropped_packets_total{interface="lan0"} 2`,
+		`lanmonitor_rule_dropped_packets_total{interface="lan0",ipblock="blocked"} 2`,
+		`lanmonitor_xdp_attached{interface="lan0",mode="Native"} 1`,
+		`lanmonitor_tracked_sources{interface="lan0"} 6`,
+		`lanmonitor_tracked_sources_capacity{interface="lan0"} 65536`,
+		`lanmonitor_talker_evictions_total{interface="lan0"} 0`,
+	} {
+		if !strings.Contains(metrics, want+"\n") {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	if n := strings.Count(metrics, "\nlanmonitor_talker_bits_per_second{"); n != 2 {
+		t.Errorf("%d talker gauges, want topN = 2", n)
+	}
+	if !a.logged(`msg="flow sample"`, "src=198.18.0.66", "dst=198.18.0.1", "proto=17", "srcPort=4000", "dstPort=5000", "traffic=local", "verdict=drop", "ruleID=") ||
+		!a.logged(`msg="flow sample"`, "src=198.18.0.100", "verdict=pass") {
+		t.Errorf("flow sample lines missing:\n%s", a.logs)
 	}
 }
