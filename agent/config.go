@@ -49,8 +49,8 @@ const (
 type Block struct {
 	// Name identifies the block (the IPBlock's name).
 	Name string
-	// RuleID indexes the per-rule counters: 1..MaxRules-1, unique among
-	// the blocks of a Config.
+	// RuleID keys the per-rule counters: from 1, unique among the blocks
+	// of a Config.
 	RuleID uint32
 	// Generation is the IPBlock's metadata.generation, reported back as
 	// applied once the block is in the maps.
@@ -111,8 +111,8 @@ func (c Config) WithDefaults() Config {
 }
 
 // Validate checks what the datapath relies on: an interface name, known
-// modes and directions, rule IDs unique and in 1..maxRules-1, valid
-// prefixes. It returns the first problem, naming the field.
+// modes and directions, rule IDs unique and from 1, at most maxRules blocks,
+// valid prefixes. It returns the first problem, naming the field.
 func (c Config) Validate(maxRules uint32) error {
 	if c.Interface == "" {
 		return fmt.Errorf("interface: must be set")
@@ -128,10 +128,13 @@ func (c Config) Validate(maxRules uint32) error {
 	if c.ReportInterval < time.Second {
 		return fmt.Errorf("reportInterval: %s is under 1s", c.ReportInterval)
 	}
+	if len(c.Blocks) > int(maxRules) {
+		return fmt.Errorf("blocks: %d, more than the %d rules the datapath holds (--max-rules)", len(c.Blocks), maxRules)
+	}
 	ids := map[uint32]string{}
 	for _, b := range c.Blocks {
-		if b.RuleID == 0 || b.RuleID >= maxRules {
-			return fmt.Errorf("block %q: rule ID %d not in 1..%d", b.Name, b.RuleID, maxRules-1)
+		if b.RuleID == 0 {
+			return fmt.Errorf("block %q: rule ID 0 is reserved", b.Name)
 		}
 		if other, dup := ids[b.RuleID]; dup {
 			return fmt.Errorf("block %q: rule ID %d already used by block %q", b.Name, b.RuleID, other)

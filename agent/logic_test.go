@@ -166,17 +166,22 @@ func TestConfigValidate(t *testing.T) {
 			c.Blocks = []Block{{Name: "x", RuleID: 1, Direction: DirectionSource, Mode: BlockModeEnforce}, {Name: "y", RuleID: 1, Direction: DirectionSource, Mode: BlockModeEnforce}}
 		}, `block "y": rule ID 1 already used by block "x"`},
 		{func(c *Config) {
-			c.Blocks = []Block{{Name: "x", RuleID: 4096, Direction: DirectionSource, Mode: BlockModeEnforce}}
-		}, `block "x": rule ID 4096 not in 1..4095`},
+			c.Blocks = []Block{{Name: "x", RuleID: 0, Direction: DirectionSource, Mode: BlockModeEnforce}}
+		}, `block "x": rule ID 0 is reserved`},
+		{func(c *Config) {
+			for i := range 3 {
+				c.Blocks = append(c.Blocks, Block{Name: fmt.Sprint(i), RuleID: uint32(60000 + i), Direction: DirectionSource, Mode: BlockModeEnforce})
+			}
+		}, `blocks: 3, more than the 2 rules the datapath holds`},
 	} {
 		cfg := ok
 		c.edit(&cfg)
-		err := cfg.Validate(4096)
+		err := cfg.Validate(2)
 		if err == nil || !strings.HasPrefix(err.Error(), c.want) {
 			t.Errorf("error %v, want prefix %q", err, c.want)
 		}
 	}
-	if err := ok.Validate(4096); err != nil {
+	if err := ok.Validate(2); err != nil {
 		t.Errorf("valid config refused: %v", err)
 	}
 }

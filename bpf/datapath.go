@@ -41,7 +41,8 @@ type Config struct {
 	MaxTrackedSources uint32
 	// MaxPrefixes is the capacity of the rule map, all tables together.
 	MaxPrefixes uint32
-	// MaxRules bounds rule IDs: valid IDs are 1..MaxRules-1.
+	// MaxRules is how many distinct rules (rule IDs) the tables can refer
+	// to at once. Rule IDs themselves are any number from 1.
 	MaxRules uint32
 	// SampleRingBytes is the flow-sample ring buffer size: a power of two
 	// and a multiple of the page size.
@@ -87,6 +88,7 @@ type Datapath struct {
 	mu       sync.Mutex
 	settings lanmonitorLmConfig
 	rules    map[lanmonitorLmRuleKey]Rule
+	ruleRefs map[uint32]int // rule ID -> entries of rules referring to it
 	filter   *ruleFilter
 	// lengthRefs counts prefixes per table, family (0 IPv4, 1 IPv6) and
 	// prefix length, to know when a length's bit can be cleared.
@@ -101,9 +103,6 @@ type Datapath struct {
 // privileges (CAP_BPF, CAP_NET_ADMIN), or pinning failures.
 func Load(cfg Config) (*Datapath, error) {
 	cfg.setDefaults()
-	if cfg.MaxRules < 2 {
-		return nil, fmt.Errorf("max rules %d: must be at least 2", cfg.MaxRules)
-	}
 	// Needed on kernels older than 5.11 only; a no-op on newer ones.
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, fmt.Errorf("remove memlock limit: %w", err)
@@ -142,7 +141,7 @@ func Load(cfg Config) (*Datapath, error) {
 		opts.Maps.PinPath = cfg.PinPath
 	}
 
-	d := &Datapath{cfg: cfg, cpus: cpus, rules: map[lanmonitorLmRuleKey]Rule{}, filter: newRuleFilter(cfg.filterWords())}
+	d := &Datapath{cfg: cfg, cpus: cpus, rules: map[lanmonitorLmRuleKey]Rule{}, ruleRefs: map[uint32]int{}, filter: newRuleFilter(cfg.filterWords())}
 	if err := spec.LoadAndAssign(&d.objs, opts); err != nil {
 		// Pins made by this call go; pins adopted from an earlier run stay.
 		if cfg.PinPath != "" {
@@ -247,6 +246,9 @@ func (d *Datapath) adopt() error {
 		d.rules[key] = Rule{ID: val.RuleId, Mode: Mode(val.Mode)}
 		d.filter.add(key)
 		d.refLength(key, +1)
+		if key.Table != uint8(TableProtected) {
+			d.ruleRefs[val.RuleId]++
+		}
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("read rules: %w", err)
@@ -352,43 +354,33 @@ func (d *Datapath) Stats() (Stats, error) {
 	return s, nil
 }
 
-// RuleCounters returns the counters of every rule ID that matched at least
-// one frame, summed over CPUs, keyed by rule ID.
+// RuleCounters returns the counters of every rule, summed over CPUs, keyed
+// by rule ID.
 func (d *Datapath) RuleCounters() (map[uint32]RuleCounters, error) {
-	n := int(d.cfg.MaxRules)
-	keys := make([]uint32, n)
-	vals := make([]lanmonitorLmRuleCounters, n*d.cpus)
-	var cursor ebpf.MapBatchCursor
-	got, err := d.objs.LmRuleStats.BatchLookup(&cursor, keys, vals, nil)
-	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return nil, fmt.Errorf("read rule counters: %w", err)
-	}
+	const batch = 1024
+	keys := make([]uint32, batch)
+	vals := make([]lanmonitorLmRuleCounters, batch*d.cpus)
 	out := map[uint32]RuleCounters{}
-	for i := range got {
-		var c RuleCounters
-		for cpu := range d.cpus {
-			v := &vals[i*d.cpus+cpu]
-			c.Matched += v.Matched
-			c.Dropped += v.Dropped
-			c.Exempted += v.Exempted
-		}
-		if c != (RuleCounters{}) {
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := d.objs.LmRuleStats.BatchLookup(&cursor, keys, vals, nil)
+		for i := range n {
+			var c RuleCounters
+			for cpu := range d.cpus {
+				v := &vals[i*d.cpus+cpu]
+				c.Matched += v.Matched
+				c.Dropped += v.Dropped
+				c.Exempted += v.Exempted
+			}
 			out[keys[i]] = c
 		}
-	}
-	return out, nil
-}
-
-// ResetRuleCounters zeroes the counters of rule IDs, so that a freed ID can be
-// given to a new rule without inheriting counts.
-func (d *Datapath) ResetRuleCounters(ids ...uint32) error {
-	zero := make([]lanmonitorLmRuleCounters, d.cpus)
-	for _, id := range ids {
-		if err := d.objs.LmRuleStats.Update(id, zero, ebpf.UpdateAny); err != nil {
-			return fmt.Errorf("reset counters of rule %d: %w", id, err)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read rule counters: %w", err)
 		}
 	}
-	return nil
 }
 
 // talkerBatch is how many talkers are read per BPF_MAP_LOOKUP_BATCH call.

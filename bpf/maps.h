@@ -45,9 +45,14 @@ struct {
 	__type(value, __u64);
 } lm_filter SEC(".maps");
 
-/* Key: __u32 rule ID. Value: struct lm_rule_counters per CPU. */
+/*
+ * Key: __u32 rule ID. Value: struct lm_rule_counters per CPU. A hash rather
+ * than an array so that rule IDs can be any number (the controller's go up
+ * to 65535) while memory follows the number of rules: Go creates an entry
+ * with the first prefix of a rule and deletes it with the last one.
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 4096);
 	__type(key, __u32);
 	__type(value, struct lm_rule_counters);

@@ -102,14 +102,17 @@ func equalPrefixRules(a, b []bpf.PrefixRule) bool {
 // TestPrefixValidation: prefixes the tables cannot hold are refused with a
 // message naming them, and nothing is written.
 func TestPrefixValidation(t *testing.T) {
-	d := loadForTest(t, bpf.Config{MaxPrefixes: 4, MaxRules: 8})
+	d := loadForTest(t, bpf.Config{MaxPrefixes: 4, MaxRules: 2})
 	for _, c := range []struct {
 		prefixes map[netip.Prefix]bpf.Rule
 		want     string
 	}{
 		{map[netip.Prefix]bpf.Rule{netip.MustParsePrefix("::ffff:198.18.0.0/120"): {ID: 1}}, "source table: prefix ::ffff:198.18.0.0/120 is IPv4-mapped IPv6: use the IPv4 form"},
-		{map[netip.Prefix]bpf.Rule{netip.MustParsePrefix("198.18.0.0/24"): {ID: 0}}, "source table: prefix 198.18.0.0/24: rule ID 0 out of range 1..7"},
-		{map[netip.Prefix]bpf.Rule{netip.MustParsePrefix("198.18.0.0/24"): {ID: 8}}, "source table: prefix 198.18.0.0/24: rule ID 8 out of range 1..7"},
+		{map[netip.Prefix]bpf.Rule{netip.MustParsePrefix("198.18.0.0/24"): {ID: 0}}, "source table: prefix 198.18.0.0/24: rule ID 0 is reserved"},
+		{map[netip.Prefix]bpf.Rule{
+			netip.MustParsePrefix("198.18.0.1/32"): {ID: 1}, netip.MustParsePrefix("198.18.0.2/32"): {ID: 2},
+			netip.MustParsePrefix("198.18.0.3/32"): {ID: 65535},
+		}, "source table: 3 distinct rules exceed the capacity of 2"},
 		{map[netip.Prefix]bpf.Rule{
 			netip.MustParsePrefix("198.18.0.1/32"): {ID: 1}, netip.MustParsePrefix("198.18.0.2/32"): {ID: 1},
 			netip.MustParsePrefix("198.18.0.3/32"): {ID: 1}, netip.MustParsePrefix("198.18.0.4/32"): {ID: 1},
@@ -123,5 +126,34 @@ func TestPrefixValidation(t *testing.T) {
 		if got := d.Prefixes(bpf.TableSource); len(got) != 0 {
 			t.Errorf("prefixes written despite the error: %v", got)
 		}
+	}
+}
+
+// TestRuleCountersFollowRules: a rule's counters exist while a prefix refers
+// to it and go with the last one, so an ID reused later starts from zero.
+func TestRuleCountersFollowRules(t *testing.T) {
+	d := loadForTest(t, bpf.Config{MaxRules: 4})
+	frame := frames.MustBuild(udp4(210))
+	p := netip.MustParsePrefix(src4(210).String() + "/32")
+	sync := func(rules map[netip.Prefix]bpf.Rule) {
+		t.Helper()
+		if _, _, err := d.SyncPrefixes(bpf.TableSource, rules); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sync(map[netip.Prefix]bpf.Rule{p: {ID: 60001}})
+	run(t, d, frame)
+	run(t, d, frame)
+	if got := ruleCounters(t, d); len(got) != 1 || got[60001] != (bpf.RuleCounters{Matched: 2, Dropped: 2}) {
+		t.Fatalf("counters %v, want rule 60001: 2 matched, 2 dropped", got)
+	}
+	sync(nil)
+	if got := ruleCounters(t, d); len(got) != 0 {
+		t.Fatalf("counters of a rule no prefix refers to: %v", got)
+	}
+	sync(map[netip.Prefix]bpf.Rule{p: {ID: 60001, Mode: bpf.ModeAudit}})
+	run(t, d, frame)
+	if got := ruleCounters(t, d); got[60001] != (bpf.RuleCounters{Matched: 1}) {
+		t.Fatalf("reused rule ID counters %v, want 1 matched from zero", got[60001])
 	}
 }

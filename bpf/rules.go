@@ -63,8 +63,8 @@ func (d *Datapath) SyncPrefixes(t Table, want map[netip.Prefix]Rule) (written, d
 		if err := checkPrefix(p); err != nil {
 			return 0, 0, fmt.Errorf("%s table: %w", t, err)
 		}
-		if t != TableProtected && (r.ID == 0 || r.ID >= d.cfg.MaxRules) {
-			return 0, 0, fmt.Errorf("%s table: prefix %s: rule ID %d out of range 1..%d", t, p, r.ID, d.cfg.MaxRules-1)
+		if t != TableProtected && r.ID == 0 {
+			return 0, 0, fmt.Errorf("%s table: prefix %s: rule ID 0 is reserved", t, p)
 		}
 		desired[ruleKeyFor(t, p)] = r
 	}
@@ -96,6 +96,9 @@ func (d *Datapath) SyncPrefixes(t Table, want map[netip.Prefix]Rule) (written, d
 	if others+len(desired) > int(d.cfg.MaxPrefixes) {
 		return 0, 0, fmt.Errorf("%s table: %d prefixes with %d in other tables exceed the capacity of %d", t, len(desired), others, d.cfg.MaxPrefixes)
 	}
+	if n := d.rulesAfter(t, desired); n > int(d.cfg.MaxRules) {
+		return 0, 0, fmt.Errorf("%s table: %d distinct rules exceed the capacity of %d", t, n, d.cfg.MaxRules)
+	}
 
 	if err := d.putRules(putKeys, putVals); err != nil {
 		return 0, 0, err
@@ -114,8 +117,8 @@ func (d *Datapath) AddPrefixes(t Table, add []PrefixRule) error {
 		if err := checkPrefix(pr.Prefix); err != nil {
 			return fmt.Errorf("%s table: %w", t, err)
 		}
-		if t != TableProtected && (pr.Rule.ID == 0 || pr.Rule.ID >= d.cfg.MaxRules) {
-			return fmt.Errorf("%s table: prefix %s: rule ID %d out of range 1..%d", t, pr.Prefix, pr.Rule.ID, d.cfg.MaxRules-1)
+		if t != TableProtected && pr.Rule.ID == 0 {
+			return fmt.Errorf("%s table: prefix %s: rule ID 0 is reserved", t, pr.Prefix)
 		}
 		keys = append(keys, ruleKeyFor(t, pr.Prefix))
 		vals = append(vals, lanmonitorLmRule{RuleId: pr.Rule.ID, Mode: uint8(pr.Rule.Mode)})
@@ -141,26 +144,82 @@ func (d *Datapath) DeletePrefixes(t Table, del []netip.Prefix) error {
 	return d.deleteRules(keys)
 }
 
+// unrefRule drops one reference to a rule ID (an entry that moved to
+// another rule) and deletes its counters with the last one.
+func (d *Datapath) unrefRule(id uint32) {
+	d.ruleRefs[id]--
+	if d.ruleRefs[id] <= 0 {
+		delete(d.ruleRefs, id)
+		d.deleteCounters([]uint32{id})
+	}
+}
+
+// deleteCounters removes the counters of rule IDs no entry refers to any
+// more, so that an ID given to a new rule later starts from zero.
+func (d *Datapath) deleteCounters(ids []uint32) {
+	for _, id := range ids {
+		if d.ruleRefs[id] == 0 {
+			d.objs.LmRuleStats.Delete(id)
+		}
+	}
+}
+
 func (d *Datapath) hasRule(k lanmonitorLmRuleKey) bool {
 	_, ok := d.rules[k]
 	return ok
 }
 
-// putRules writes entries, then their filter bits, then their length bits,
-// so a probe never finds a bit without its entry. Called with d.mu held.
+// rulesAfter counts the distinct rule IDs of all tables once table t holds
+// desired.
+func (d *Datapath) rulesAfter(t Table, desired map[lanmonitorLmRuleKey]Rule) int {
+	ids := map[uint32]bool{}
+	for k, r := range d.rules {
+		if Table(k.Table) != t && Table(k.Table) != TableProtected {
+			ids[r.ID] = true
+		}
+	}
+	if t != TableProtected {
+		for _, r := range desired {
+			ids[r.ID] = true
+		}
+	}
+	return len(ids)
+}
+
+// putRules writes the counters of new rule IDs, then the entries, then
+// their filter bits, then their length bits, so a probe never finds a bit
+// without its entry nor an entry without its counters. Called with d.mu held.
 func (d *Datapath) putRules(keys []lanmonitorLmRuleKey, vals []lanmonitorLmRule) error {
 	if len(keys) == 0 {
 		return nil
+	}
+	zero := make([]lanmonitorLmRuleCounters, d.cpus)
+	for i, k := range keys {
+		id := vals[i].RuleId
+		if k.Table == uint8(TableProtected) || d.ruleRefs[id] > 0 {
+			continue
+		}
+		if err := d.objs.LmRuleStats.Update(id, zero, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+			return fmt.Errorf("create counters of rule %d: %w", id, err)
+		}
 	}
 	if _, err := d.objs.LmRules.BatchUpdate(keys, vals, &ebpf.BatchOptions{}); err != nil {
 		return fmt.Errorf("write %d rule entries: %w", len(keys), err)
 	}
 	for i, k := range keys {
-		if _, existed := d.rules[k]; !existed {
+		old, existed := d.rules[k]
+		if !existed {
 			d.filter.add(k)
 			d.refLength(k, +1)
 		}
-		d.rules[k] = Rule{ID: vals[i].RuleId, Mode: Mode(vals[i].Mode)}
+		r := Rule{ID: vals[i].RuleId, Mode: Mode(vals[i].Mode)}
+		d.rules[k] = r
+		if k.Table != uint8(TableProtected) {
+			d.ruleRefs[r.ID]++
+			if existed {
+				d.unrefRule(old.ID)
+			}
+		}
 	}
 	if err := d.writeFilter(); err != nil {
 		return err
@@ -175,11 +234,22 @@ func (d *Datapath) deleteRules(keys []lanmonitorLmRuleKey) error {
 	if len(keys) == 0 {
 		return nil
 	}
+	var freed []uint32
 	for _, k := range keys {
 		d.filter.remove(k)
 		d.refLength(k, -1)
+		if k.Table != uint8(TableProtected) {
+			if id := d.rules[k].ID; d.ruleRefs[id] == 1 {
+				freed = append(freed, id)
+			}
+			d.ruleRefs[d.rules[k].ID]--
+			if d.ruleRefs[d.rules[k].ID] == 0 {
+				delete(d.ruleRefs, d.rules[k].ID)
+			}
+		}
 		delete(d.rules, k)
 	}
+	defer d.deleteCounters(freed)
 	d.syncLengthBits(keys)
 	if err := d.writeSettings(); err != nil {
 		return err

@@ -50,7 +50,7 @@ func (c *common) register(cmd *cobra.Command) {
 	f.StringVar(&c.pinRoot, "pin-root", agent.DefaultPinRoot, "bpffs directory for the pinned maps and XDP links (one subdirectory per interface)")
 	f.StringVar(&c.netns, "netns", "", "path of the network namespace holding the interface (default: the agent's own)")
 	f.Uint32Var(&c.maxPrefixes, "max-prefixes", 0, "capacity of the blocklist and protected tables, in prefixes (default 262144)")
-	f.Uint32Var(&c.maxRules, "max-rules", 0, "rule IDs available for IPBlocks, 1..N-1 (default 4096)")
+	f.Uint32Var(&c.maxRules, "max-rules", 0, "how many IPBlocks (rules) one interface can hold (default 4096)")
 	f.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 }
