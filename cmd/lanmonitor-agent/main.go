@@ -12,6 +12,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/lanmonitor/lanmonitor/agent"
 	"github.com/lanmonitor/lanmonitor/internal/version"
@@ -83,8 +85,71 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newStandaloneCommand())
+	root.AddCommand(newStandaloneCommand(), newKubernetesCommand())
 	return root
+}
+
+func newKubernetesCommand() *cobra.Command {
+	var (
+		c          common
+		node       string
+		kubeconfig string
+		listen     string
+		cleanup    bool
+	)
+	cmd := &cobra.Command{
+		Use:   "kubernetes [--node-name NODE] [--kubeconfig FILE]",
+		Short: "Run as the node agent of a cluster (DaemonSet): follow this node's LanMonitorNode",
+		Long: `Watches the LanMonitorNode named after this node and the IPBlocks it lists,
+attaches to the interfaces it names, and writes the node's report into its
+status (at most once per report interval, only when something changed).
+Serves the same JSON API and /metrics as standalone mode on --listen.
+
+On SIGTERM the programs stay attached and pinned, so a restarted or upgraded
+agent pod adopts them without a gap in enforcement; an interface is released
+(detached, unpinned, promiscuity restored) when the LanMonitorNode stops
+naming it. --cleanup-on-exit releases everything on SIGTERM instead.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			opts, err := c.options()
+			if err != nil {
+				return err
+			}
+			rc, err := restConfig(kubeconfig)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			return agent.RunKubernetes(ctx, agent.KubernetesOptions{NodeName: node, RESTConfig: rc, Listen: listen, CleanupOnExit: cleanup, Manager: opts})
+		},
+	}
+	c.register(cmd)
+	cmd.Flags().StringVar(&node, "node-name", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME, from the downward API)")
+	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, then the in-cluster service account)")
+	cmd.Flags().StringVar(&listen, "listen", ":9470", "address of the JSON API, /metrics, /healthz and /readyz")
+	cmd.Flags().BoolVar(&cleanup, "cleanup-on-exit", false, "on SIGTERM detach, unpin and restore every interface instead of leaving them to the next agent")
+	return cmd
+}
+
+// restConfig reads --kubeconfig, else $KUBECONFIG, else the in-cluster
+// configuration.
+func restConfig(path string) (*rest.Config, error) {
+	if path == "" {
+		path = os.Getenv("KUBECONFIG")
+	}
+	if path != "" {
+		rc, err := clientcmd.BuildConfigFromFlags("", path)
+		if err != nil {
+			return nil, fmt.Errorf("kubeconfig %s: %w", path, err)
+		}
+		return rc, nil
+	}
+	rc, err := rest.InClusterConfig()
+	if err != nil {
+		return nil, fmt.Errorf("no --kubeconfig and not in a cluster: %w", err)
+	}
+	return rc, nil
 }
 
 func newStandaloneCommand() *cobra.Command {

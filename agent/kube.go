@@ -1,0 +1,575 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/vishvananda/netlink"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/rest"
+	toolscache "k8s.io/client-go/tools/cache"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/lanmonitor/lanmonitor/api/v1alpha1"
+)
+
+// FieldManager is the field manager of the agent's status writes.
+const FieldManager = "lanmonitor-agent"
+
+// KubernetesOptions configure RunKubernetes.
+type KubernetesOptions struct {
+	// NodeName is this node's name (from the downward API).
+	NodeName string
+	// RESTConfig reaches the API server.
+	RESTConfig *rest.Config
+	// Listen is the address of the JSON API, /metrics and the probes.
+	Listen string
+	// CleanupOnExit detaches and restores every interface when ctx ends.
+	// By default the datapath stays (pinned) for the next agent pod to
+	// adopt, so a pod restart or an upgrade never stops enforcement; the
+	// interfaces are released when the LanMonitorNode stops naming them.
+	CleanupOnExit bool
+	// Manager options (pin root, network namespace, map sizes, logger).
+	Manager Options
+}
+
+// retryEvery is how often a failed interface is tried again.
+const retryEvery = 5 * time.Second
+
+// RunKubernetes is `lanmonitor-agent kubernetes`: the agent of one node. It
+// watches its LanMonitorNode (a cache narrowed to that one object) and the
+// IPBlocks it names, runs one Manager per monitored interface, and writes
+// the node's report into the LanMonitorNode status: at once when what is
+// applied changes (a new IPBlock generation, an interface attached or lost),
+// otherwise at most once per report interval, and never when nothing
+// changed. It needs no leader election: it only ever writes its own node's
+// status.
+func RunKubernetes(ctx context.Context, o KubernetesOptions) error {
+	o.Manager.setDefaults()
+	if o.NodeName == "" {
+		return errors.New("node name: set NODE_NAME (the downward API's spec.nodeName) or --node-name")
+	}
+	if err := checkCapabilities(o.Manager.NetNS != ""); err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", o.Listen)
+	if err != nil {
+		return fmt.Errorf("--listen: %w", err)
+	}
+	defer ln.Close()
+
+	scheme := runtime.NewScheme()
+	if err := v1alpha1.AddToScheme(scheme); err != nil {
+		return err
+	}
+	c, err := cache.New(o.RESTConfig, cache.Options{
+		Scheme: scheme,
+		ByObject: map[client.Object]cache.ByObject{
+			&v1alpha1.LanMonitorNode{}: {Field: fields.OneTermEqualSelector("metadata.name", o.NodeName)},
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("cache: %w", err)
+	}
+	cl, err := client.New(o.RESTConfig, client.Options{Scheme: scheme})
+	if err != nil {
+		return fmt.Errorf("client: %w", err)
+	}
+	a := &nodeAgent{o: o, log: o.Manager.Logger.With("node", o.NodeName), cache: c, client: cl,
+		managers: map[string]*Manager{}, failures: map[string]string{}, wake: make(chan struct{}, 1)}
+	for _, obj := range []client.Object{&v1alpha1.LanMonitorNode{}, &v1alpha1.IPBlock{}} {
+		inf, err := c.GetInformer(ctx, obj)
+		if err != nil {
+			return fmt.Errorf("informer: %w", err)
+		}
+		if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+			AddFunc: func(any) { a.poke() }, UpdateFunc: func(_, _ any) { a.poke() }, DeleteFunc: func(any) { a.poke() },
+		}); err != nil {
+			return err
+		}
+	}
+	cacheCtx, stopCache := context.WithCancel(ctx)
+	defer stopCache()
+	go c.Start(cacheCtx)
+	if !c.WaitForCacheSync(ctx) {
+		return errors.New("cache did not sync with the API server")
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewCollector(a.list), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	srv := &http.Server{Handler: NewHandler(a.list, reg, a.ready), ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(ln)
+	a.log.Info("kubernetes agent running", "listen", ln.Addr().String())
+
+	err = a.run(ctx)
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	srv.Shutdown(shutdownCtx)
+	cancel()
+	return errors.Join(err, a.closeAll(o.CleanupOnExit))
+}
+
+// nodeAgent runs the managers of one node.
+type nodeAgent struct {
+	o      KubernetesOptions
+	log    *slog.Logger
+	cache  cache.Cache
+	client client.Client
+	wake   chan struct{}
+
+	mu       sync.Mutex
+	managers map[string]*Manager // by monitor
+	failures map[string]string   // by monitor: why its interface is not running
+	retryAt  time.Time
+
+	lastStatus *v1alpha1.LanMonitorNodeStatus
+	lastUID    types.UID
+	lastWrite  time.Time
+	writes     int
+}
+
+func (a *nodeAgent) poke() {
+	select {
+	case a.wake <- struct{}{}:
+	default:
+	}
+}
+
+// list returns the managers in monitor order, for the API and metrics.
+func (a *nodeAgent) list() []*Manager {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	names := make([]string, 0, len(a.managers))
+	for n := range a.managers {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	out := make([]*Manager, len(names))
+	for i, n := range names {
+		out[i] = a.managers[n]
+	}
+	return out
+}
+
+// ready: the cache synced and every interface asked for runs.
+func (a *nodeAgent) ready() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for monitor, why := range a.failures {
+		return fmt.Errorf("monitor %s: %s", monitor, why)
+	}
+	for monitor, m := range a.managers {
+		if state, msg := m.State(); state != StateAttached {
+			return fmt.Errorf("monitor %s: %s: %s", monitor, state, msg)
+		}
+	}
+	return nil
+}
+
+func (a *nodeAgent) run(ctx context.Context) error {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		if err := a.sync(ctx); err != nil && ctx.Err() == nil {
+			a.log.Error("sync", "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-a.wake:
+		case <-tick.C:
+		}
+	}
+}
+
+// sync makes the managers match the LanMonitorNode and reports.
+func (a *nodeAgent) sync(ctx context.Context) error {
+	var lmn v1alpha1.LanMonitorNode
+	err := a.cache.Get(ctx, client.ObjectKey{Name: a.o.NodeName}, &lmn)
+	if apierrors.IsNotFound(err) {
+		lmn = v1alpha1.LanMonitorNode{} // nothing selects this node
+	} else if err != nil {
+		return err
+	}
+	blocks, err := a.blocks(ctx, &lmn)
+	if err != nil {
+		return err
+	}
+	fresh := a.reconcile(lmn.Spec.Interfaces, blocks)
+	if lmn.Name == "" {
+		return nil
+	}
+	return a.report(ctx, &lmn, blocks, fresh)
+}
+
+// blocks joins the LanMonitorNode's IPBlock references with the IPBlocks of
+// the cache: the controller gives the rule ID, the IPBlock its CIDRs and
+// generation. A block that is gone or expired is left out.
+func (a *nodeAgent) blocks(ctx context.Context, lmn *v1alpha1.LanMonitorNode) ([]Block, error) {
+	var out []Block
+	now := time.Now()
+	for _, ref := range lmn.Spec.IPBlocks {
+		var ipb v1alpha1.IPBlock
+		if err := a.cache.Get(ctx, client.ObjectKey{Name: ref.Name}, &ipb); err != nil {
+			if apierrors.IsNotFound(err) {
+				continue
+			}
+			return nil, err
+		}
+		if ipb.Spec.ExpiresAt != nil && !now.Before(ipb.Spec.ExpiresAt.Time) {
+			continue
+		}
+		b, err := BlockFromAPI(ipb.Name, uint32(ref.RuleID), ipb.Generation, ipb.Spec)
+		if err != nil {
+			a.log.Error("IPBlock not applied", "ipblock", ipb.Name, "error", err)
+			continue
+		}
+		out = append(out, b)
+	}
+	return out, nil
+}
+
+// reconcile starts, reconfigures and stops managers. It reports whether
+// what runs changed (so the status should be written at once).
+func (a *nodeAgent) reconcile(specs []v1alpha1.NodeInterfaceSpec, blocks []Block) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	changed := false
+	wanted := map[string]bool{}
+	retry := time.Now().After(a.retryAt)
+	inUse := map[string]string{} // interface -> monitor
+	for monitor, m := range a.managers {
+		inUse[m.Config().Interface] = monitor
+	}
+	for _, is := range specs {
+		wanted[is.Monitor] = true
+		cfg, err := a.interfaceConfig(is, blocks)
+		if err != nil {
+			changed = a.fail(is.Monitor, err.Error()) || changed
+			continue
+		}
+		if m, ok := a.managers[is.Monitor]; ok {
+			if m.Config().Interface == cfg.Interface {
+				if err := m.Apply(cfg); err != nil {
+					changed = a.fail(is.Monitor, "apply: "+err.Error()) || changed
+				} else if _, failed := a.failures[is.Monitor]; failed {
+					delete(a.failures, is.Monitor)
+					changed = true
+				}
+				continue
+			}
+			// The interface moved (e.g. a new default route).
+			a.stop(is.Monitor, true)
+			delete(inUse, m.Config().Interface)
+			changed = true
+		}
+		if other, taken := inUse[cfg.Interface]; taken && other != is.Monitor {
+			changed = a.fail(is.Monitor, fmt.Sprintf("interface %s is already monitored by %s on this node", cfg.Interface, other)) || changed
+			continue
+		}
+		if _, failed := a.failures[is.Monitor]; failed && !retry {
+			continue
+		}
+		m, err := Start(cfg, a.o.Manager)
+		if err != nil {
+			changed = a.fail(is.Monitor, err.Error()) || changed
+			a.retryAt = time.Now().Add(retryEvery)
+			continue
+		}
+		a.managers[is.Monitor] = m
+		inUse[cfg.Interface] = is.Monitor
+		delete(a.failures, is.Monitor)
+		changed = true
+	}
+	for monitor := range a.managers {
+		if !wanted[monitor] {
+			a.stop(monitor, true)
+			changed = true
+		}
+	}
+	for monitor := range a.failures {
+		if !wanted[monitor] {
+			delete(a.failures, monitor)
+			changed = true
+		}
+	}
+	return changed
+}
+
+// fail records why a monitor's interface does not run; it reports whether
+// that is news. Called with a.mu held.
+func (a *nodeAgent) fail(monitor, why string) bool {
+	if a.failures[monitor] == why {
+		return false
+	}
+	a.log.Error("interface not running", "monitor", monitor, "error", why)
+	a.failures[monitor] = why
+	return true
+}
+
+// stop closes a manager; with cleanup the interface is left as found.
+// Called with a.mu held.
+func (a *nodeAgent) stop(monitor string, cleanup bool) {
+	if err := a.managers[monitor].Close(cleanup); err != nil {
+		a.log.Error("release interface", "monitor", monitor, "error", err)
+	}
+	delete(a.managers, monitor)
+}
+
+func (a *nodeAgent) closeAll(cleanup bool) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var err error
+	for monitor, m := range a.managers {
+		err = errors.Join(err, m.Close(cleanup))
+		delete(a.managers, monitor)
+	}
+	if cleanup {
+		a.log.Info("stopped: programs detached, pins removed, promiscuity restored")
+	} else {
+		a.log.Info("stopped: programs left attached and pinned for the next agent")
+	}
+	return err
+}
+
+// interfaceConfig is the Config of one LanMonitorNode interface; an empty
+// interface name means the interface of the default route.
+func (a *nodeAgent) interfaceConfig(is v1alpha1.NodeInterfaceSpec, blocks []Block) (Config, error) {
+	name := is.Interface
+	if name == "" {
+		var err error
+		if name, err = defaultRouteInterface(a.o.Manager.NetNS); err != nil {
+			return Config{}, err
+		}
+	}
+	spec := v1alpha1.LanMonitorSpec{
+		Interface: name, Promiscuous: &is.Promiscuous, XDPMode: is.XDPMode, InternalCIDRs: is.InternalCIDRs,
+		TopN: is.TopN, ReportInterval: &is.ReportInterval, MaxTrackedSources: is.MaxTrackedSources,
+		ProtectedCIDRs: is.ProtectedCIDRs, FlowSampling: is.FlowSampling,
+	}
+	cfg, err := InterfaceConfig(name, spec)
+	if err != nil {
+		return Config{}, err
+	}
+	cfg.Blocks = blocks
+	return cfg, nil
+}
+
+// defaultRouteInterface names the interface of the default route (IPv4
+// first, then IPv6) in the namespace at nsPath ("" for the agent's own).
+func defaultRouteInterface(nsPath string) (string, error) {
+	ns, err := openNetNS(nsPath)
+	if err != nil {
+		return "", err
+	}
+	defer ns.close()
+	for _, family := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		routes, err := ns.nl.RouteList(nil, family)
+		if err != nil {
+			return "", fmt.Errorf("list routes: %w", err)
+		}
+		for _, r := range routes {
+			if (r.Dst == nil || isDefault(r.Dst.String())) && r.LinkIndex > 0 {
+				l, err := ns.nl.LinkByIndex(r.LinkIndex)
+				if err != nil {
+					return "", err
+				}
+				return l.Attrs().Name, nil
+			}
+		}
+	}
+	return "", fmt.Errorf("no default route in %s to pick the interface from: set spec.interface", ns)
+}
+
+// report writes the status when it changed: at once when fresh, otherwise
+// at most once per report interval.
+func (a *nodeAgent) report(ctx context.Context, lmn *v1alpha1.LanMonitorNode, blocks []Block, fresh bool) error {
+	a.mu.Lock()
+	st := a.status(lmn, blocks)
+	last := a.lastStatus
+	if last == nil || a.lastUID != lmn.UID {
+		last = lmn.Status.DeepCopy()
+		fresh = true
+	}
+	prev := last.DeepCopy()
+	prev.LastReportTime = nil
+	interval := reportInterval(lmn.Spec.Interfaces)
+	if equality.Semantic.DeepEqual(*prev, st) || (!fresh && !appliedChanged(prev, &st) && time.Since(a.lastWrite) < interval) {
+		a.mu.Unlock()
+		return nil
+	}
+	a.mu.Unlock()
+
+	now := metav1.Now()
+	st.LastReportTime = &now
+	base := &v1alpha1.LanMonitorNode{ObjectMeta: metav1.ObjectMeta{Name: lmn.Name}, Status: *last}
+	obj := base.DeepCopy()
+	obj.Status = st
+	if err := a.client.Status().Patch(ctx, obj, client.MergeFrom(base), client.FieldOwner(FieldManager)); err != nil {
+		return fmt.Errorf("patch LanMonitorNode %s status: %w", lmn.Name, err)
+	}
+	a.mu.Lock()
+	a.lastStatus, a.lastUID, a.lastWrite = st.DeepCopy(), lmn.UID, time.Now()
+	a.writes++
+	a.mu.Unlock()
+	return nil
+}
+
+// appliedChanged: an IPBlock generation applied or an attachment changed,
+// which the controller waits for; counters alone are not.
+func appliedChanged(prev, cur *v1alpha1.LanMonitorNodeStatus) bool {
+	if len(prev.IPBlocks) != len(cur.IPBlocks) || len(prev.Interfaces) != len(cur.Interfaces) || prev.ObservedGeneration != cur.ObservedGeneration {
+		return true
+	}
+	for i := range cur.IPBlocks {
+		if prev.IPBlocks[i].Name != cur.IPBlocks[i].Name || prev.IPBlocks[i].Generation != cur.IPBlocks[i].Generation {
+			return true
+		}
+	}
+	for i := range cur.Interfaces {
+		p, c := prev.Interfaces[i], cur.Interfaces[i]
+		if p.Monitor != c.Monitor || p.Attached != c.Attached || p.XDPMode != c.XDPMode || p.Interface != c.Interface {
+			return true
+		}
+	}
+	return false
+}
+
+// reportInterval is the shortest report interval of the spec.
+func reportInterval(specs []v1alpha1.NodeInterfaceSpec) time.Duration {
+	d := DefaultReportInterval
+	for i, is := range specs {
+		if i == 0 || is.ReportInterval.Duration < d {
+			d = is.ReportInterval.Duration
+		}
+	}
+	return max(d, time.Second)
+}
+
+// status is the node's report. An IPBlock is reported applied (with the
+// generation of the IPBlock that is in the maps) only when every interface
+// of the node runs with it. Called with a.mu held.
+func (a *nodeAgent) status(lmn *v1alpha1.LanMonitorNode, blocks []Block) v1alpha1.LanMonitorNodeStatus {
+	st := v1alpha1.LanMonitorNodeStatus{ObservedGeneration: lmn.Generation}
+	allRunning := len(a.failures) == 0
+	type sums struct{ matched, dropped int64 }
+	perBlock := map[string]*sums{}
+	exempted := map[string][]string{}
+	for _, is := range lmn.Spec.Interfaces {
+		ist := v1alpha1.NodeInterfaceStatus{Monitor: is.Monitor, Interface: is.Interface}
+		m, ok := a.managers[is.Monitor]
+		if !ok {
+			ist.Conditions = []metav1.Condition{{Type: v1alpha1.ConditionReady, Status: metav1.ConditionFalse, Reason: "NotRunning",
+				Message: truncate(a.failures[is.Monitor]), ObservedGeneration: lmn.Generation}}
+			st.Interfaces = append(st.Interfaces, ist)
+			continue
+		}
+		r := m.Report()
+		state, msg := m.State()
+		ist.Interface, ist.Ifindex = r.Interface, int32(r.Ifindex)
+		ist.Attached = state == StateAttached
+		ist.XDPMode, ist.XDPModeReason = v1alpha1.XDPMode(r.XDPMode), truncate(r.XDPModeReason)
+		ist.Promiscuous = r.Promiscuous
+		ist.BitsPerSecond, ist.PacketsPerSecond = int64(r.BitsPerSecond), int64(r.PacketsPerSecond)
+		ist.Rate = v1alpha1.FormatBitRate(ist.BitsPerSecond)
+		ist.TrackedSources, ist.TrackedSourcesCapacity = int64(r.TrackedSources), int64(r.TrackedSourcesCapacity)
+		ist.Totals = v1alpha1.TrafficTotals{
+			Packets: int64(r.Stats.Packets), Bytes: int64(r.Stats.Bytes), Dropped: int64(r.Stats.Dropped),
+			Malformed: int64(r.Stats.Malformed), NonIP: int64(r.Stats.NonIP), Local: int64(r.Stats.Local), Snooped: int64(r.Stats.Snooped),
+		}
+		for _, t := range r.TopTalkers {
+			ist.TopTalkers = append(ist.TopTalkers, v1alpha1.Talker{Address: t.Address.String(), Internal: t.Internal,
+				Packets: int64(t.Packets), Bytes: int64(t.Bytes), BitsPerSecond: int64(t.BitsPerSecond), PacketsPerSecond: int64(t.PacketsPerSecond)})
+		}
+		cond := metav1.Condition{Type: v1alpha1.ConditionReady, Status: metav1.ConditionTrue, Reason: "Attached", Message: truncate(msg), ObservedGeneration: lmn.Generation}
+		if state != StateAttached {
+			cond.Status, cond.Reason = metav1.ConditionFalse, string(state)
+			allRunning = false
+		}
+		ist.Conditions = []metav1.Condition{cond}
+		for _, rr := range r.Rules {
+			s := perBlock[rr.Name]
+			if s == nil {
+				s = &sums{}
+				perBlock[rr.Name] = s
+			}
+			s.matched += int64(rr.Matched)
+			s.dropped += int64(rr.Dropped)
+			exempted[rr.Name] = mergeSorted(exempted[rr.Name], rr.ExemptedAddresses)
+		}
+		st.Interfaces = append(st.Interfaces, ist)
+	}
+	if allRunning && len(a.managers) > 0 {
+		for _, b := range blocks {
+			s := perBlock[b.Name]
+			if s == nil {
+				s = &sums{}
+			}
+			st.IPBlocks = append(st.IPBlocks, v1alpha1.NodeIPBlockStatus{Name: b.Name, RuleID: int32(b.RuleID), Generation: b.Generation,
+				MatchedPackets: s.matched, DroppedPackets: s.dropped, ExemptedAddresses: exempted[b.Name]})
+		}
+	}
+	ready := metav1.Condition{Type: v1alpha1.ConditionReady, Status: metav1.ConditionTrue, Reason: "AllInterfacesAttached", ObservedGeneration: lmn.Generation}
+	if !allRunning {
+		ready.Status, ready.Reason = metav1.ConditionFalse, "InterfacesNotAttached"
+	}
+	st.Conditions = setCondition(lmn.Status.Conditions, ready)
+	for i := range st.Interfaces {
+		old := findInterface(lmn.Status.Interfaces, st.Interfaces[i].Monitor)
+		st.Interfaces[i].Conditions = setCondition(old, st.Interfaces[i].Conditions[0])
+	}
+	return st
+}
+
+// setCondition sets c in a copy of conds as meta.SetStatusCondition does
+// (lastTransitionTime kept unless the status changes), with times at the
+// second precision the API server stores, so that an unchanged status
+// compares equal to what was written.
+func setCondition(conds []metav1.Condition, c metav1.Condition) []metav1.Condition {
+	out := slices.Clone(conds)
+	meta.SetStatusCondition(&out, c)
+	for i := range out {
+		out[i].LastTransitionTime = out[i].LastTransitionTime.Rfc3339Copy()
+	}
+	return out
+}
+
+func findInterface(list []v1alpha1.NodeInterfaceStatus, monitor string) []metav1.Condition {
+	for _, i := range list {
+		if i.Monitor == monitor {
+			return i.Conditions
+		}
+	}
+	return nil
+}
+
+func mergeSorted(a, b []string) []string {
+	out := append(slices.Clone(a), b...)
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// truncate keeps a message within the API's 32768-character bound with room
+// to spare.
+func truncate(s string) string {
+	if len(s) > 1024 {
+		return s[:1021] + "..."
+	}
+	return s
+}

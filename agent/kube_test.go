@@ -1,0 +1,179 @@
+package agent_test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/lanmonitor/lanmonitor/api/v1alpha1"
+	"github.com/lanmonitor/lanmonitor/internal/lab"
+	"github.com/lanmonitor/lanmonitor/internal/testenv"
+)
+
+// writeKubeconfig writes a kubeconfig for rc into dir.
+func writeKubeconfig(t *testing.T, rc *rest.Config, dir string) string {
+	t.Helper()
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["test"] = &clientcmdapi.Cluster{Server: rc.Host, CertificateAuthorityData: rc.CAData}
+	cfg.AuthInfos["test"] = &clientcmdapi.AuthInfo{ClientCertificateData: rc.CertData, ClientKeyData: rc.KeyData, Token: rc.BearerToken}
+	cfg.Contexts["test"] = &clientcmdapi.Context{Cluster: "test", AuthInfo: "test"}
+	cfg.CurrentContext = "test"
+	p := filepath.Join(dir, "kubeconfig")
+	if err := clientcmd.WriteToFile(*cfg, p); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestKubernetesMode runs the real agent in Kubernetes mode for a lab node
+// against a real API server, with the test acting as the controller: a
+// LanMonitorNode spec change reaches the XDP maps, and the counts reach the
+// LanMonitorNode status exactly. Dropping the interface from the spec
+// releases it.
+func TestKubernetesMode(t *testing.T) {
+	l := newLAN(t, lanOptions{})
+	env, err := testenv.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { env.Stop() })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c := env.Client
+
+	ipb := &v1alpha1.IPBlock{ObjectMeta: metav1.ObjectMeta{Name: "scanners"}, Spec: v1alpha1.IPBlockSpec{CIDRs: []string{blockedSrc}}}
+	if err := c.Create(ctx, ipb); err != nil {
+		t.Fatal(err)
+	}
+	lmn := &v1alpha1.LanMonitorNode{
+		ObjectMeta: metav1.ObjectMeta{Name: "node-a"},
+		Spec: v1alpha1.LanMonitorNodeSpec{
+			Interfaces: []v1alpha1.NodeInterfaceSpec{{Monitor: "lab", Interface: "lan0", Promiscuous: true, XDPMode: v1alpha1.XDPModeAuto,
+				TopN: 5, ReportInterval: metav1.Duration{Duration: time.Second}, MaxTrackedSources: 4096}},
+			IPBlocks: []v1alpha1.NodeIPBlockRef{{Name: "scanners", RuleID: 4242, Generation: ipb.Generation}},
+		},
+	}
+	if err := c.Create(ctx, lmn); err != nil {
+		t.Fatal(err)
+	}
+
+	dir := t.TempDir()
+	bin := agentBinary(t, "dev")
+	p := &agentProc{t: t, logs: &syncBuffer{}, exited: make(chan struct{})}
+	p.cmd = exec.Command(bin, "kubernetes", "--node-name", "node-a", "--kubeconfig", writeKubeconfig(t, env.Config, dir),
+		"--netns", l.node.Path, "--pin-root", l.pinRoot, "--listen", "127.0.0.1:0", "--log-level", "debug")
+	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
+	if err := lab.Start(p.cmd); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.err = p.cmd.Wait(); close(p.exited) }()
+	t.Cleanup(func() {
+		select {
+		case <-p.exited:
+		default:
+			p.cmd.Process.Signal(syscall.SIGTERM)
+			<-p.exited
+		}
+		if t.Failed() {
+			t.Logf("agent log:\n%s", p.logs)
+		}
+	})
+
+	get := func() *v1alpha1.LanMonitorNode {
+		var got v1alpha1.LanMonitorNode
+		if err := c.Get(ctx, client.ObjectKey{Name: "node-a"}, &got); err != nil {
+			t.Fatal(err)
+		}
+		return &got
+	}
+	waitFor(t, 30*time.Second, "the interface attached and the IPBlock applied in the status", func() bool {
+		st := get().Status
+		return len(st.Interfaces) == 1 && st.Interfaces[0].Attached && len(st.IPBlocks) == 1 && st.IPBlocks[0].Generation == ipb.Generation
+	})
+	if attached, _, _ := xdpState(t, l.node, "lan0"); !attached {
+		t.Fatal("status says attached, the kernel does not")
+	}
+
+	// Counts reach the status exactly.
+	for range 6 {
+		l.send(t, udp(blockedSrc, 30))
+	}
+	for range 4 {
+		l.send(t, udp(allowedSrc, 30))
+	}
+	waitFor(t, 10*time.Second, "exact counts in the status", func() bool {
+		st := get().Status
+		return len(st.Interfaces) == 1 && st.Interfaces[0].Totals.Packets == 10 && st.Interfaces[0].Totals.Dropped == 6 &&
+			len(st.IPBlocks) == 1 && st.IPBlocks[0].DroppedPackets == 6 && st.IPBlocks[0].MatchedPackets == 6
+	})
+	st := get().Status
+	talkers := map[string]int64{}
+	for _, tk := range st.Interfaces[0].TopTalkers {
+		talkers[tk.Address] = tk.Packets
+	}
+	if talkers[blockedSrc] != 6 || talkers[allowedSrc] != 4 || st.Interfaces[0].XDPMode != v1alpha1.XDPModeNative {
+		t.Fatalf("status talkers %v mode %s: want %s 6, %s 4, Native", talkers, st.Interfaces[0].XDPMode, blockedSrc, allowedSrc)
+	}
+
+	// Nothing changes once the rates have settled to zero: no writes.
+	time.Sleep(2500 * time.Millisecond)
+	rv := get().ResourceVersion
+	time.Sleep(3 * time.Second)
+	if now := get().ResourceVersion; now != rv {
+		t.Fatalf("status written while nothing changed (resourceVersion %s -> %s)", rv, now)
+	}
+
+	// A spec change: the IPBlock now also covers the allowed source.
+	ipb.Spec.CIDRs = append(ipb.Spec.CIDRs, allowedSrc)
+	if err := c.Update(ctx, ipb); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the new generation applied", func() bool {
+		st := get().Status
+		return len(st.IPBlocks) == 1 && st.IPBlocks[0].Generation == ipb.Generation
+	})
+	rx, err := l.node.Receiver("lan0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rx.Close()
+	f := udp(allowedSrc, 30)
+	passed := rx.Count(func(fr lab.Frame) bool { return string(fr.Data) == string(f) })
+	l.send(t, f)
+	waitFor(t, 10*time.Second, "the drop of the newly blocked source in the status", func() bool {
+		st := get().Status
+		return len(st.IPBlocks) == 1 && st.IPBlocks[0].DroppedPackets == 7
+	})
+	if passed.N() != 0 {
+		t.Fatal("the newly blocked source reached the node after its generation was reported applied")
+	}
+
+	// The monitor no longer selects the node: released, as found.
+	latest := get()
+	latest.Spec.Interfaces = nil
+	latest.Spec.IPBlocks = nil
+	if err := c.Update(ctx, latest); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the interface released", func() bool {
+		attached, _, _ := xdpState(t, l.node, "lan0")
+		flag, _ := promisc(t, l.node, "lan0")
+		return !attached && !flag && len(get().Status.Interfaces) == 0
+	})
+	if entries, _ := os.ReadDir(l.pinRoot); len(entries) != 0 {
+		t.Fatalf("pins left after release: %v", entries)
+	}
+	if code := p.stop(syscall.SIGTERM); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+}
