@@ -268,6 +268,9 @@ func (m *Manager) configureDatapath(dp *bpf.Datapath, l netlink.Link) error {
 	if err := dp.SetSampleRate(m.cfg.FlowSampling); err != nil {
 		return err
 	}
+	if err := dp.SetPromiscuous(m.cfg.Promiscuous); err != nil {
+		return err
+	}
 	return m.syncRules(dp)
 }
 
@@ -651,6 +654,9 @@ func (m *Manager) apply(prev Config) error {
 			return err
 		}
 		m.att, m.message = att, att.reason
+	}
+	if err := m.dp.SetPromiscuous(m.cfg.Promiscuous); err != nil {
+		return err
 	}
 	if m.cfg.Promiscuous != prev.Promiscuous && m.ifindex != 0 {
 		if m.cfg.Promiscuous {

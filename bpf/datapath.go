@@ -326,6 +326,23 @@ func (d *Datapath) SetInterfaceMAC(mac net.HardwareAddr) error {
 	return d.writeSettings()
 }
 
+// SetPromiscuous says whether the interface is meant to be promiscuous:
+// when not, frames addressed to other hosts are ignored (counted only as
+// FilteredSnooped), as a NIC's MAC filter would drop them.
+func (d *Datapath) SetPromiscuous(on bool) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if on {
+		d.settings.Flags |= flagPromiscuous
+	} else {
+		d.settings.Flags &^= flagPromiscuous
+	}
+	return d.writeSettings()
+}
+
+// flagPromiscuous is LM_FLAG_PROMISCUOUS of types.h.
+const flagPromiscuous = 1 << 0
+
 // SetSampleRate sets flow sampling to 1 in n packets; 0 turns it off.
 func (d *Datapath) SetSampleRate(n uint32) error {
 	d.mu.Lock()

@@ -43,6 +43,9 @@ func loadForTest(t testing.TB, cfg bpf.Config) *bpf.Datapath {
 	if err := d.SetInterfaceMAC(ourMAC); err != nil {
 		t.Fatal(err)
 	}
+	if err := d.SetPromiscuous(true); err != nil {
+		t.Fatal(err)
+	}
 	return d
 }
 
@@ -124,6 +127,7 @@ func statsDelta(after, before bpf.Stats) bpf.Stats {
 		Local: after.Local - before.Local, Snooped: after.Snooped - before.Snooped,
 		Exempted: after.Exempted - before.Exempted, TalkerInserts: after.TalkerInserts - before.TalkerInserts,
 		TalkerInsertErrors: after.TalkerInsertErrors - before.TalkerInsertErrors, SamplesLost: after.SamplesLost - before.SamplesLost,
+		FilteredSnooped: after.FilteredSnooped - before.FilteredSnooped,
 	}
 }
 

@@ -143,26 +143,33 @@ int lanmonitor_xdp(struct xdp_md *ctx)
 	struct lm_packet pkt = {};
 	struct lm_config *cfg;
 	struct lm_stats *st;
-	struct ethhdr *eth;
+	struct ethhdr *eth = NULL;
 	__u32 zero = 0, l3_len = 0, rule_id = 0;
 	__u64 len = data_end - data;
-	int proto, has_l4 = 0, local, verdict = XDP_PASS;
+	int proto, has_l4 = 0, local = 0, verdict = XDP_PASS;
 	void *l3;
 
 	st = bpf_map_lookup_elem(&lm_global_stats, &zero);
 	cfg = bpf_map_lookup_elem(&lm_settings, &zero);
 	if (!st || !cfg)
 		return XDP_PASS;
-	st->packets++;
-	st->bytes += len;
 
 	/* Layer 2: Ethernet and VLAN tags. */
 	proto = lm_parse_eth(&c, data_end, &eth, &pkt);
+	if (eth) {
+		local = lm_is_local(eth, cfg);
+		if (!local && !(cfg->flags & LM_FLAG_PROMISCUOUS)) {
+			/* Not meant to be seen: what a MAC filter would drop. */
+			st->filtered_snooped++;
+			return XDP_PASS;
+		}
+	}
+	st->packets++;
+	st->bytes += len;
 	if (pkt.vlan_tags)
 		st->vlan_tagged++;
 	if (proto < 0)
 		goto malformed;
-	local = lm_is_local(eth, cfg);
 	if (local)
 		st->local++;
 	else

@@ -23,7 +23,7 @@ type lanmonitorLmConfig struct {
 	IfMac      [6]uint8
 	Pad        [2]uint8
 	SampleRate uint32
-	Pad2       uint32
+	Flags      uint32
 	Lengths    [3]lanmonitorLmPrefixLengths
 }
 
@@ -96,6 +96,7 @@ type lanmonitorLmStats struct {
 	TalkerInserts      uint64
 	TalkerInsertErrors uint64
 	SamplesLost        uint64
+	FilteredSnooped    uint64
 }
 
 type lanmonitorLmTalker struct {

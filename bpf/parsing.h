@@ -91,7 +91,7 @@ static __always_inline int lm_parse_eth(struct lm_cursor *c, void *data_end, str
 
 	if (lm_past_end(eth, sizeof(*eth), data_end))
 		return -1;
-	*ethp = eth;
+	*ethp = eth; /* stays NULL when the frame is shorter than a header */
 	c->pos = eth + 1;
 	proto = bpf_ntohs(eth->h_proto);
 

@@ -157,3 +157,35 @@ func TestRuleCountersFollowRules(t *testing.T) {
 		t.Fatalf("reused rule ID counters %v, want 1 matched from zero", got[60001])
 	}
 }
+
+// TestNotPromiscuous: without LM_FLAG_PROMISCUOUS, frames for other hosts
+// are passed and ignored (as a MAC filter would drop them before XDP), even
+// from a blocked source; frames for this interface are counted as usual.
+func TestNotPromiscuous(t *testing.T) {
+	d := loadForTest(t, bpf.Config{})
+	if err := d.SetPromiscuous(false); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := d.SyncPrefixes(bpf.TableSource, map[netip.Prefix]bpf.Rule{netip.MustParsePrefix(src4(220).String() + "/32"): {ID: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	snooped := frames.MustBuild(with(udp4(220), func(s *frames.Spec) { s.DstMAC = otherMAC }))
+	local := frames.MustBuild(udp4(221))
+	if v := run(t, d, snooped); v != xdpPass {
+		t.Fatalf("snooped frame verdict %d, want pass", v)
+	}
+	if v := run(t, d, local); v != xdpPass {
+		t.Fatalf("local frame verdict %d, want pass", v)
+	}
+	st := stats(t, d)
+	want := bpf.Stats{Packets: 1, Bytes: uint64(len(local)), Passed: 1, IPv4: 1, Local: 1, TalkerInserts: 1, FilteredSnooped: 1}
+	if st != want {
+		t.Fatalf("stats\n got %+v\nwant %+v", st, want)
+	}
+	if tk := talkerMap(t, d); len(tk) != 1 || tk[src4(221).String()].Packets != 1 {
+		t.Fatalf("talkers %v, want only %s", tk, src4(221))
+	}
+	if rc := ruleCounters(t, d)[1]; rc != (bpf.RuleCounters{}) {
+		t.Fatalf("rule counters %+v for an ignored frame", rc)
+	}
+}

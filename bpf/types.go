@@ -112,6 +112,9 @@ type Stats struct {
 	TalkerInserts      uint64 // sources inserted into the talker map (evictions = inserts - tracked)
 	TalkerInsertErrors uint64 // inserts that failed for a reason other than a lost race
 	SamplesLost        uint64 // flow samples lost to a full ring buffer
+	// FilteredSnooped counts frames for other hosts that were ignored
+	// because the interface is not meant to be promiscuous (not in Packets).
+	FilteredSnooped uint64
 }
 
 func (s *Stats) add(v *lanmonitorLmStats) {
@@ -131,6 +134,7 @@ func (s *Stats) add(v *lanmonitorLmStats) {
 	s.TalkerInserts += v.TalkerInserts
 	s.TalkerInsertErrors += v.TalkerInsertErrors
 	s.SamplesLost += v.SamplesLost
+	s.FilteredSnooped += v.FilteredSnooped
 }
 
 // FlowSample is one sampled packet (Config sample rate 1-in-N).

@@ -79,12 +79,20 @@ struct lm_prefix_lengths {
 	__u64 v6[3];
 };
 
+/*
+ * LM_FLAG_PROMISCUOUS: the interface is meant to be promiscuous. Without it,
+ * frames addressed to other hosts are not counted (only filtered_snooped):
+ * a NIC's MAC filter would have dropped them, but devices without one (veth,
+ * some virtual NICs) deliver them to XDP anyway.
+ */
+#define LM_FLAG_PROMISCUOUS (1 << 0)
+
 /* struct lm_config: runtime knobs, the single entry of lm_settings. */
 struct lm_config {
 	__u8 if_mac[6]; /* the interface's own MAC: frames to it are local */
 	__u8 pad[2];
 	__u32 sample_rate; /* 1-in-N flow sampling; 0 = off */
-	__u32 pad2;
+	__u32 flags;       /* LM_FLAG_* */
 	struct lm_prefix_lengths lengths[LM_TABLE_COUNT];
 };
 
@@ -106,6 +114,7 @@ struct lm_stats {
 	__u64 talker_inserts;       /* new sources inserted into lm_talkers */
 	__u64 talker_insert_errors; /* inserts that failed other than by losing a race */
 	__u64 samples_lost;         /* flow samples dropped because the ring buffer was full */
+	__u64 filtered_snooped;     /* frames for other hosts ignored (not promiscuous); not in packets */
 };
 
 /* Flow sample flags. */
