@@ -23,6 +23,20 @@ export BPF_CFLAGS := -O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make \033[36m<target>\033[0m\n"} /^[a-zA-Z_0-9-]+:.*?##/ { printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2 } /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
 
+##@ Demo
+
+.PHONY: demo
+demo: build ## Run lanmonitor on a lab LAN against a real kube-apiserver; prints kubectl get every report interval; Ctrl-C tears down (root).
+	$(GO) run ./hack/demo run
+
+.PHONY: demo-up
+demo-up: build ## Start the demo in the background and print the KUBECONFIG to use (root).
+	$(GO) run ./hack/demo up
+
+.PHONY: demo-down
+demo-down: ## Tear the background demo down.
+	$(GO) run ./hack/demo down
+
 ##@ Development
 
 .PHONY: generate
@@ -39,13 +53,14 @@ manifests: ## Regenerate deepcopy, CRDs and RBAC with controller-gen.
 	  $(GO) tool controller-gen object paths=./api/... && \
 	  $(GO) tool controller-gen crd rbac:roleName=lanmonitor-controller paths=./api/... paths=./controllers/... output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac; \
 	fi
+	charts/lanmonitor/hack/sync-crds.sh
 
 .PHONY: verify
 verify: ## Check that generated files match their sources and that code is formatted.
 	hack/verify.sh
 
 .PHONY: fmt
-fmt: ## gofmt the Go code and clang-format the BPF C.
+fmt: ## gofmt the Go code.
 	gofmt -w $$(git ls-files '*.go' | grep -v '_bpfe[lb]\.go$$')
 
 .PHONY: vet

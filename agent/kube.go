@@ -215,7 +215,16 @@ func (a *nodeAgent) sync(ctx context.Context) error {
 	if lmn.Name == "" {
 		return nil
 	}
-	return a.report(ctx, &lmn, blocks, fresh)
+	err = a.report(ctx, &lmn, blocks, fresh)
+	if apierrors.IsNotFound(err) {
+		// The object is gone though the cache, still catching up (after
+		// an API server outage its watch may back off for a while),
+		// has it: nothing selects this node any more.
+		a.log.Info("LanMonitorNode deleted; releasing every interface")
+		a.reconcile(nil, nil)
+		return nil
+	}
+	return err
 }
 
 // blocks joins the LanMonitorNode's IPBlock references with the IPBlocks of

@@ -14,7 +14,8 @@ cd "$(dirname "$0")/.."
 
 # The control plane for the controller tests (built once, then cached).
 KUBEBUILDER_ASSETS="$(hack/tools.sh controlplane)"
-export KUBEBUILDER_ASSETS
+HELM="$(hack/tools.sh helm)"
+export KUBEBUILDER_ASSETS HELM
 
 echo "== go test ./..." >&2
 "$GO" test -count=1 -timeout 20m ./...
