@@ -54,6 +54,7 @@ manifests: ## Regenerate deepcopy, CRDs and RBAC with controller-gen.
 	  $(GO) tool controller-gen crd rbac:roleName=lanmonitor-controller paths=./api/... paths=./controllers/... output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac; \
 	fi
 	charts/lanmonitor/hack/sync-crds.sh
+	$(GO) run ./hack/crdref > docs/api-reference.md
 
 .PHONY: verify
 verify: ## Check that generated files match their sources and that code is formatted.
