@@ -1,0 +1,4 @@
+package controllers
+
+// ApplyStatus exposes applyStatus to the external tests.
+var ApplyStatus = applyStatus

@@ -1,0 +1,358 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/labels"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	lanmonitorv1alpha1 "github.com/lanmonitor/lanmonitor/api/v1alpha1"
+)
+
+// exhaustedRetry is how often a block waiting for a free rule ID tries again.
+const exhaustedRetry = 30 * time.Second
+
+// IPBlockReconciler assigns IPBlock rule IDs, expires blocks, computes the
+// protected addresses a block covers, and rolls the node reports up into the
+// block's status: node counts, summed per-rule counters and the Enforced,
+// PartiallyEnforced and Expired conditions.
+type IPBlockReconciler struct {
+	client.Client
+	ids     *ruleIDs
+	limiter *writeLimiter
+}
+
+// +kubebuilder:rbac:groups=lanmonitor.io,resources=ipblocks,verbs=get;list;watch
+// +kubebuilder:rbac:groups=lanmonitor.io,resources=ipblocks/status,verbs=get;patch;update
+// +kubebuilder:rbac:groups=lanmonitor.io,resources=lanmonitornodes,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
+// +kubebuilder:rbac:groups=discovery.k8s.io,resources=endpointslices,verbs=get;list;watch
+
+// Reconcile computes the block's status and writes it when it changed: at
+// once when the rule ID, observedGeneration or a condition changed,
+// otherwise (counters, node counts, messages) at most once per report
+// interval (the shortest of the monitors on the block's nodes). It runs again
+// exactly at spec.expiresAt.
+func (r *IPBlockReconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
+	var b lanmonitorv1alpha1.IPBlock
+	if err := r.Get(ctx, req.NamespacedName, &b); apierrors.IsNotFound(err) {
+		r.ids.forget(req.Name)
+		r.limiter.forget(req.Name)
+		return reconcile.Result{}, nil
+	} else if err != nil {
+		return reconcile.Result{}, err
+	}
+	if b.DeletionTimestamp != nil || r.limiter.behind(b.Name, b.ResourceVersion) {
+		return reconcile.Result{}, nil
+	}
+	id, err := r.ids.ensure(ctx, r.Client, &b)
+	if err != nil && !errors.Is(err, errRuleIDsExhausted) {
+		return reconcile.Result{}, err
+	}
+	var nodes corev1.NodeList
+	if err := r.List(ctx, &nodes, client.UnsafeDisableDeepCopy); err != nil {
+		return reconcile.Result{}, err
+	}
+	var lmns lanmonitorv1alpha1.LanMonitorNodeList
+	if err := r.List(ctx, &lmns, client.UnsafeDisableDeepCopy); err != nil {
+		return reconcile.Result{}, err
+	}
+	endpoints, err := apiServerEndpoints(ctx, r)
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	now := time.Now()
+	status, interval := blockStatus(&b, id, nodes.Items, lmns.Items, endpoints, now)
+
+	var result reconcile.Result
+	if b.Spec.ExpiresAt != nil && !expired(&b, now) {
+		result.RequeueAfter = b.Spec.ExpiresAt.Sub(now)
+	}
+	if id == 0 && (result.RequeueAfter == 0 || result.RequeueAfter > exhaustedRetry) {
+		// No event announces that an ID became safe to reuse (that is a
+		// node dropping another block's rule from its status), so look again.
+		result.RequeueAfter = exhaustedRetry
+	}
+	if equality.Semantic.DeepEqual(b.Status, status) {
+		return result, nil
+	}
+	urgent := b.Status.RuleID != status.RuleID || b.Status.ObservedGeneration != status.ObservedGeneration ||
+		conditionsShift(b.Status.Conditions, status.Conditions)
+	if !urgent {
+		if wait := r.limiter.wait(b.Name, interval, now); wait > 0 {
+			if result.RequeueAfter == 0 || wait < result.RequeueAfter {
+				result.RequeueAfter = wait
+			}
+			return result, nil
+		}
+	}
+	rv := b.ResourceVersion // applyStatus overwrites it with the written version
+	wrote, err := applyStatus(ctx, r.Client, &b, "IPBlock", status)
+	if err != nil {
+		return reconcile.Result{}, fmt.Errorf("apply IPBlock %q status: %w", b.Name, err)
+	}
+	if wrote {
+		r.limiter.wrote(b.Name, rv, b.ResourceVersion, now)
+		log.FromContext(ctx).V(1).Info("wrote status", "urgent", urgent, "ruleID", status.RuleID,
+			"desired", status.Nodes.Desired, "enforced", status.Nodes.Enforced)
+	}
+	return result, nil
+}
+
+// blockStatus computes b's status, given its rule ID (0: none available),
+// and the interval at which its rollup may be written.
+//
+// The nodes a block applies to are the nodes with a LanMonitorNode that runs
+// at least one monitor and whose labels match spec.nodeSelector. A node
+// counts as enforced only when its report names the block's current rule ID
+// and metadata.generation; Enforced is True only when every such node does.
+// Counters sum the reports that carry the current rule ID; once the block
+// expired they keep the largest sums seen, as the nodes drop their reports.
+func blockStatus(b *lanmonitorv1alpha1.IPBlock, id int32, nodes []corev1.Node, lmns []lanmonitorv1alpha1.LanMonitorNode,
+	apiEndpoints []string, now time.Time) (lanmonitorv1alpha1.IPBlockStatus, time.Duration) {
+	st := lanmonitorv1alpha1.IPBlockStatus{
+		ObservedGeneration: b.Generation,
+		RuleID:             id,
+		Conditions:         slices.Clone(b.Status.Conditions),
+	}
+	isExpired := expired(b, now)
+	sel, selErr := selector(b.Spec.NodeSelector)
+	byName := make(map[string]*corev1.Node, len(nodes))
+	for i := range nodes {
+		byName[nodes[i].Name] = &nodes[i]
+	}
+
+	protected := slices.Clone(apiEndpoints)
+	var (
+		reported []netip.Prefix // exemptions the agents report
+		pending  []string       // desired nodes that have not applied the current generation
+		capped   int            // desired nodes whose spec is full of blocks with lower rule IDs
+		interval time.Duration
+	)
+	for i := range lmns {
+		lmn := &lmns[i]
+		var rep *lanmonitorv1alpha1.NodeIPBlockStatus
+		if j := slices.IndexFunc(lmn.Status.IPBlocks, func(s lanmonitorv1alpha1.NodeIPBlockStatus) bool { return s.Name == b.Name }); j >= 0 {
+			rep = &lmn.Status.IPBlocks[j]
+		}
+		if rep != nil && id != 0 && rep.RuleID == id {
+			st.MatchedPackets += rep.MatchedPackets
+			st.DroppedPackets += rep.DroppedPackets
+			for _, a := range rep.ExemptedAddresses {
+				if p, ok := parsePrefix(a); ok {
+					reported = append(reported, p)
+				}
+			}
+		}
+		node := byName[lmn.Name]
+		if isExpired || id == 0 || selErr != nil || node == nil || lmn.DeletionTimestamp != nil ||
+			len(lmn.Spec.Interfaces) == 0 || !sel.Matches(labels.Set(node.Labels)) {
+			continue
+		}
+		st.Nodes.Desired++
+		protected = append(protected, nodeAddresses(node)...)
+		for _, is := range lmn.Spec.Interfaces {
+			protected = append(protected, is.ProtectedCIDRs...)
+			if interval == 0 || is.ReportInterval.Duration < interval {
+				interval = is.ReportInterval.Duration
+			}
+		}
+		if rep != nil && rep.RuleID == id && rep.Generation == b.Generation {
+			st.Nodes.Enforced++
+			continue
+		}
+		pending = append(pending, lmn.Name)
+		if refs := lmn.Spec.IPBlocks; len(refs) >= lanmonitorv1alpha1.MaxNodeIPBlocks && refs[len(refs)-1].RuleID < id &&
+			!slices.ContainsFunc(refs, func(r lanmonitorv1alpha1.NodeIPBlockRef) bool { return r.Name == b.Name }) {
+			capped++
+		}
+	}
+	if interval <= 0 {
+		interval = lanmonitorv1alpha1.DefaultReportInterval
+	}
+	slices.Sort(pending)
+	st.ExemptedAddresses = formatPrefixes(append(exemptions(b.Spec.CIDRs, protected), reported...), lanmonitorv1alpha1.MaxExemptedAddresses)
+	if isExpired {
+		// The block is lifted: keep what it did.
+		st.MatchedPackets = max(st.MatchedPackets, b.Status.MatchedPackets)
+		st.DroppedPackets = max(st.DroppedPackets, b.Status.DroppedPackets)
+		st.ExemptedAddresses = b.Status.ExemptedAddresses
+	}
+
+	st.Display = lanmonitorv1alpha1.BlockDisplay{
+		CIDRs: displayCIDRs(b.Spec.CIDRs),
+		Nodes: fmt.Sprintf("%d/%d", st.Nodes.Enforced, st.Nodes.Desired),
+	}
+
+	gen := b.Generation
+	d, e := st.Nodes.Desired, st.Nodes.Enforced
+	applying := fmt.Sprintf("generation %d applied on %d of %d nodes; waiting for %s", gen, e, d, listNames(pending, 5))
+	set := func(typ string, status bool, reason, msg string) {
+		setCondition(&st.Conditions, typ, status, reason, msg, gen)
+	}
+	if isExpired {
+		set(lanmonitorv1alpha1.ConditionExpired, true, lanmonitorv1alpha1.ReasonExpired,
+			fmt.Sprintf("expired at %s and lifted from every node", b.Spec.ExpiresAt.UTC().Format(time.RFC3339)))
+	} else if b.Spec.ExpiresAt != nil {
+		set(lanmonitorv1alpha1.ConditionExpired, false, lanmonitorv1alpha1.ReasonNotExpired,
+			"expires at "+b.Spec.ExpiresAt.UTC().Format(time.RFC3339))
+	} else {
+		set(lanmonitorv1alpha1.ConditionExpired, false, lanmonitorv1alpha1.ReasonNotExpired, "spec.expiresAt is not set")
+	}
+	switch {
+	case isExpired:
+		set(lanmonitorv1alpha1.ConditionEnforced, false, lanmonitorv1alpha1.ReasonExpired, "the block expired")
+	case selErr != nil:
+		set(lanmonitorv1alpha1.ConditionEnforced, false, lanmonitorv1alpha1.ReasonInvalidNodeSelector, "spec.nodeSelector: "+selErr.Error())
+	case id == 0:
+		set(lanmonitorv1alpha1.ConditionEnforced, false, lanmonitorv1alpha1.ReasonRuleIDsExhausted, errRuleIDsExhausted.Error())
+	case d == 0:
+		set(lanmonitorv1alpha1.ConditionEnforced, false, lanmonitorv1alpha1.ReasonNoMatchingNodes,
+			"no monitored node matches spec.nodeSelector")
+	case e == d:
+		msg := fmt.Sprintf("generation %d applied on all %d nodes", gen, d)
+		if b.Spec.Mode == lanmonitorv1alpha1.BlockModeAudit {
+			msg += " (Audit: matching packets are counted and passed)"
+		}
+		set(lanmonitorv1alpha1.ConditionEnforced, true, lanmonitorv1alpha1.ReasonEnforced, msg)
+	case capped > 0:
+		set(lanmonitorv1alpha1.ConditionEnforced, false, lanmonitorv1alpha1.ReasonTooManyIPBlocks,
+			fmt.Sprintf("%d node(s) already carry %d IPBlocks with lower rule IDs; %s", capped, lanmonitorv1alpha1.MaxNodeIPBlocks, applying))
+	default:
+		set(lanmonitorv1alpha1.ConditionEnforced, false, lanmonitorv1alpha1.ReasonApplying, applying)
+	}
+	switch {
+	case e > 0 && e < d:
+		set(lanmonitorv1alpha1.ConditionPartiallyEnforced, true, lanmonitorv1alpha1.ReasonApplying, applying)
+	case d > 0 && e == d:
+		set(lanmonitorv1alpha1.ConditionPartiallyEnforced, false, lanmonitorv1alpha1.ReasonEnforced, "enforced on every node")
+	default:
+		enf := meta.FindStatusCondition(st.Conditions, lanmonitorv1alpha1.ConditionEnforced)
+		set(lanmonitorv1alpha1.ConditionPartiallyEnforced, false, lanmonitorv1alpha1.ReasonNotApplied, "not enforced on any node: "+enf.Message)
+	}
+	return st, interval
+}
+
+// formatPrefixes sorts and deduplicates prefixes, keeps the first n, and
+// writes host prefixes as bare addresses.
+func formatPrefixes(ps []netip.Prefix, n int) []string {
+	slices.SortFunc(ps, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+	ps = slices.Compact(ps)
+	if len(ps) > n {
+		ps = ps[:n]
+	}
+	if len(ps) == 0 {
+		return nil
+	}
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		if p.IsSingleIP() {
+			out[i] = p.Addr().String()
+		} else {
+			out[i] = p.String()
+		}
+	}
+	return out
+}
+
+// displayCIDRs renders the CIDRS column: the first entry, then "+N".
+func displayCIDRs(cidrs []string) string {
+	switch len(cidrs) {
+	case 0:
+		return ""
+	case 1:
+		return cidrs[0]
+	default:
+		return fmt.Sprintf("%s +%d", cidrs[0], len(cidrs)-1)
+	}
+}
+
+// isExpiredCondition reports whether b's status says Expired=True.
+func isExpiredCondition(b *lanmonitorv1alpha1.IPBlock) bool {
+	return meta.IsStatusConditionTrue(b.Status.Conditions, lanmonitorv1alpha1.ConditionExpired)
+}
+
+// SetupWithManager registers the reconciler.
+func (r *IPBlockReconciler) SetupWithManager(mgr ctrl.Manager, workers int) error {
+	r.ids = newRuleIDs()
+	r.limiter = newWriteLimiter()
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("ipblock").
+		For(&lanmonitorv1alpha1.IPBlock{}).
+		Watches(&lanmonitorv1alpha1.LanMonitorNode{}, changedEntries(ipBlockEntries, r.enqueueAll)).
+		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(r.allBlocks),
+			builder.WithPredicates(labelsOrAddressesChanged())).
+		Watches(&discoveryv1.EndpointSlice{}, handler.EnqueueRequestsFromMapFunc(r.allBlocks)).
+		WithOptions(controller.Options{MaxConcurrentReconciles: workers}).
+		Complete(r)
+}
+
+func (r *IPBlockReconciler) enqueueAll(ctx context.Context, q queue) {
+	for _, req := range r.allBlocks(ctx, nil) {
+		q.Add(req)
+	}
+}
+
+func (r *IPBlockReconciler) allBlocks(ctx context.Context, _ client.Object) []reconcile.Request {
+	var blocks lanmonitorv1alpha1.IPBlockList
+	if err := r.List(ctx, &blocks, client.UnsafeDisableDeepCopy); err != nil {
+		log.FromContext(ctx).Error(err, "list IPBlocks")
+		return nil
+	}
+	reqs := make([]reconcile.Request, 0, len(blocks.Items))
+	for _, b := range blocks.Items {
+		reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&b)})
+	}
+	return reqs
+}
+
+// ipBlockEntries maps a LanMonitorNode to its per-IPBlock spec and status
+// entries, by IPBlock name.
+func ipBlockEntries(n *lanmonitorv1alpha1.LanMonitorNode) map[string][2]any {
+	out := map[string][2]any{}
+	for i := range n.Spec.IPBlocks {
+		e := out[n.Spec.IPBlocks[i].Name]
+		e[0] = &n.Spec.IPBlocks[i]
+		out[n.Spec.IPBlocks[i].Name] = e
+	}
+	for i := range n.Status.IPBlocks {
+		e := out[n.Status.IPBlocks[i].Name]
+		e[1] = &n.Status.IPBlocks[i]
+		out[n.Status.IPBlocks[i].Name] = e
+	}
+	return out
+}
+
+// labelsOrAddressesChanged passes creations, deletions, and changes of a
+// node's labels or addresses.
+func labelsOrAddressesChanged() predicate.Predicate {
+	return predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
+		o, ok1 := e.ObjectOld.(*corev1.Node)
+		n, ok2 := e.ObjectNew.(*corev1.Node)
+		return !ok1 || !ok2 || !equality.Semantic.DeepEqual(o.Labels, n.Labels) ||
+			!equality.Semantic.DeepEqual(o.Status.Addresses, n.Status.Addresses)
+	}}
+}

@@ -1,0 +1,515 @@
+package controllers_test
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/equality"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	lanmonitorv1alpha1 "github.com/lanmonitor/lanmonitor/api/v1alpha1"
+	"github.com/lanmonitor/lanmonitor/controllers/internal/fakeagent"
+)
+
+func nodeNames(n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("node-%02d", i)
+	}
+	return out
+}
+
+func getMonitor(t testing.TB, name string) *lanmonitorv1alpha1.LanMonitor {
+	t.Helper()
+	var m lanmonitorv1alpha1.LanMonitor
+	if err := env.Client.Get(context.Background(), client.ObjectKey{Name: name}, &m); err != nil {
+		t.Fatal(err)
+	}
+	return &m
+}
+
+// TestRollup: 20 simulated agents report overlapping talkers, totals and
+// rule counters; the LanMonitor and IPBlock status carry the exact merge.
+func TestRollup(t *testing.T) {
+	t.Cleanup(func() { cleanup(t) })
+	names := nodeNames(20)
+	for _, n := range names {
+		createNodes(t, node{name: n})
+	}
+	startController(t, false)
+	m := monitor("lan", time.Second)
+	m.Spec.TopN = 5
+	m.Spec.InternalCIDRs = []string{"198.18.0.0/15"}
+	create(t, m, ipBlock("scanners", "198.19.0.0/16"))
+	agents := startAgents(t, fakeagent.Options{}, names...)
+
+	// Node i sees the ten addresses 198.18.1.1-10; for address k its rate is
+	// k Mbit/s plus (7i+3k) mod 20 bit/s, so a different node sees each
+	// address most. 2001:db8::13 is seen by node-13 only, and is the top
+	// talker. 198.18.2.1 has the same rate on node-03 and node-04; node-04
+	// saw more bytes.
+	reports := map[string][]lanmonitorv1alpha1.Talker{}
+	for i, n := range names {
+		var talkers []lanmonitorv1alpha1.Talker
+		for k := 1; k <= 10; k++ {
+			talkers = append(talkers, lanmonitorv1alpha1.Talker{
+				Address:          fmt.Sprintf("198.18.1.%d", k),
+				Internal:         true,
+				BitsPerSecond:    int64(k*1_000_000 + (7*i+3*k)%20),
+				PacketsPerSecond: int64(k * 100),
+				Bytes:            int64(k*1_000_000 + i),
+				Packets:          int64(k*1000 + i),
+			})
+		}
+		switch i {
+		case 13:
+			talkers = append(talkers, lanmonitorv1alpha1.Talker{Address: "2001:db8::13", BitsPerSecond: 50_000_000, Bytes: 1, Packets: 1})
+		case 3, 4:
+			talkers = append(talkers, lanmonitorv1alpha1.Talker{Address: "198.18.2.1", Internal: true, BitsPerSecond: 20_000_000, Bytes: int64(i), Packets: 1})
+		}
+		slices.SortFunc(talkers, func(a, b lanmonitorv1alpha1.Talker) int { return cmp.Compare(b.BitsPerSecond, a.BitsPerSecond) })
+		reports[n] = talkers
+		iface := fakeagent.Interface{
+			Interface:        "lan0",
+			TopTalkers:       talkers,
+			NotAttached:      n == "node-05",
+			BitsPerSecond:    int64(1_000_000 * (i + 1)),
+			PacketsPerSecond: int64(100 * (i + 1)),
+			Totals: lanmonitorv1alpha1.TrafficTotals{
+				Packets: int64(100 + i), Bytes: int64(1000 * (i + 1)), Dropped: int64(i),
+				Malformed: 1, NonIP: 2, Local: 60, Snooped: int64(40 + i),
+			},
+		}
+		agents[n].SetInterface("lan", iface)
+		agents[n].SetCounters("scanners", fakeagent.Counters{Matched: int64(10 * (i + 1)), Dropped: int64(5 * (i + 1))})
+	}
+
+	// Expected top 5, worked out by hand from the scheme above: node i
+	// maximises (7i+3k) mod 20 = 19 for address k at i = 3(19-3k) mod 20.
+	talker := func(addr string, k int, node int) lanmonitorv1alpha1.Talker {
+		return lanmonitorv1alpha1.Talker{
+			Address: addr, Internal: true, BitsPerSecond: int64(k*1_000_000 + 19), PacketsPerSecond: int64(k * 100),
+			Bytes: int64(k*1_000_000 + node), Packets: int64(k*1000 + node), Node: fmt.Sprintf("node-%02d", node),
+		}
+	}
+	wantTop := []lanmonitorv1alpha1.Talker{
+		{Address: "2001:db8::13", BitsPerSecond: 50_000_000, Bytes: 1, Packets: 1, Node: "node-13"},
+		{Address: "198.18.2.1", Internal: true, BitsPerSecond: 20_000_000, Bytes: 4, Packets: 1, Node: "node-04"},
+		talker("198.18.1.10", 10, 7), // 3(19-30) = -33 = 7 (mod 20)
+		talker("198.18.1.9", 9, 16),  // 3(19-27) = -24 = 16
+		talker("198.18.1.8", 8, 5),   // 3(19-24) = -15 = 5
+	}
+	wantTotals := lanmonitorv1alpha1.TrafficTotals{
+		Packets: 2190, Bytes: 210_000, Dropped: 190, Malformed: 20, NonIP: 40, Local: 1200, Snooped: 990,
+	}
+	eventually(t, 20*time.Second, func() error {
+		st := getMonitor(t, "lan").Status
+		if !equality.Semantic.DeepEqual(st.TopTalkers, wantTop) {
+			return fmt.Errorf("top talkers:\n got %+v\nwant %+v", st.TopTalkers, wantTop)
+		}
+		if st.Totals != wantTotals {
+			return fmt.Errorf("totals %+v, want %+v", st.Totals, wantTotals)
+		}
+		if st.BitsPerSecond != 210_000_000 || st.PacketsPerSecond != 21_000 {
+			return fmt.Errorf("rates %d bit/s %d packet/s", st.BitsPerSecond, st.PacketsPerSecond)
+		}
+		if st.Nodes.Desired != 20 || st.Nodes.Ready != 19 {
+			return fmt.Errorf("nodes %+v", st.Nodes)
+		}
+		want := lanmonitorv1alpha1.MonitorDisplay{Nodes: "19/20", Interface: "lan0", Rate: "210.0 Mbit/s"}
+		if st.Display != want {
+			return fmt.Errorf("display %+v, want %+v", st.Display, want)
+		}
+		ready := findCondition(st.Conditions, lanmonitorv1alpha1.ConditionReady)
+		degraded := findCondition(st.Conditions, lanmonitorv1alpha1.ConditionDegraded)
+		if ready.Reason != "NodesNotReady" || ready.Message != "attached on 19 of 20 nodes" ||
+			degraded.Reason != "NotAttached" || degraded.Message != "not attached on node-05 (see their LanMonitorNode status)" {
+			return fmt.Errorf("conditions %+v", st.Conditions)
+		}
+		return nil
+	})
+	// The same merge, recomputed by brute force from the raw reports.
+	if got := bruteForceTop(reports, 5); !equality.Semantic.DeepEqual(got, wantTop) {
+		t.Errorf("brute force disagrees with the hand-worked list:\n got %+v\nwant %+v", got, wantTop)
+	}
+
+	eventually(t, 20*time.Second, func() error {
+		st := getBlock(t, "scanners").Status
+		if st.MatchedPackets != 2100 || st.DroppedPackets != 1050 || st.Nodes.Desired != 20 || st.Nodes.Enforced != 20 ||
+			st.Display.Nodes != "20/20" || st.Display.CIDRs != "198.19.0.0/16" {
+			return fmt.Errorf("IPBlock status %+v", st)
+		}
+		return nil
+	})
+}
+
+// bruteForceTop merges node reports the slow way: for every address, scan
+// every node for its highest entry; then sort.
+func bruteForceTop(reports map[string][]lanmonitorv1alpha1.Talker, n int) []lanmonitorv1alpha1.Talker {
+	addrs := map[string]bool{}
+	for _, ts := range reports {
+		for _, t := range ts {
+			addrs[t.Address] = true
+		}
+	}
+	higher := func(a, b lanmonitorv1alpha1.Talker) bool {
+		if a.BitsPerSecond != b.BitsPerSecond {
+			return a.BitsPerSecond > b.BitsPerSecond
+		}
+		if a.Bytes != b.Bytes {
+			return a.Bytes > b.Bytes
+		}
+		if a.Packets != b.Packets {
+			return a.Packets > b.Packets
+		}
+		if a.Address != b.Address {
+			return a.Address < b.Address
+		}
+		return a.Node < b.Node
+	}
+	var out []lanmonitorv1alpha1.Talker
+	for addr := range addrs {
+		var best *lanmonitorv1alpha1.Talker
+		for node, ts := range reports {
+			for _, t := range ts {
+				if t.Address == addr {
+					t.Node = node
+					if best == nil || higher(t, *best) {
+						best = &t
+					}
+				}
+			}
+		}
+		out = append(out, *best)
+	}
+	slices.SortFunc(out, func(a, b lanmonitorv1alpha1.Talker) int {
+		if higher(a, b) {
+			return -1
+		}
+		return 1
+	})
+	return out[:n]
+}
+
+// TestRollupBounded: with 1,000 nodes each reporting 100 distinct talkers,
+// the LanMonitor and IPBlock objects stay small.
+func TestRollupBounded(t *testing.T) {
+	t.Cleanup(func() { cleanup(t) })
+	const nodes = 1000
+	startController(t, false)
+	m := monitor("lan", time.Second)
+	m.Spec.TopN = 100
+	create(t, m, ipBlock("scanners", "198.18.0.0/15"))
+	sizes := reportFromNodes(t, nodes, "lan", "scanners")
+	t.Logf("%d nodes: LanMonitor %d bytes, IPBlock %d bytes", nodes, sizes.monitor, sizes.block)
+	// 100 talkers of about 170 bytes each, plus conditions and counters.
+	if sizes.monitor > 24<<10 {
+		t.Errorf("LanMonitor is %d bytes, want at most 24 KiB", sizes.monitor)
+	}
+	// 100 exempted addresses, conditions and counters.
+	if sizes.block > 6<<10 {
+		t.Errorf("IPBlock is %d bytes, want at most 6 KiB", sizes.block)
+	}
+}
+
+type objectSizes struct{ monitor, block int }
+
+// reportFromNodes creates n nodes, waits for their LanMonitorNodes, writes a
+// report with 100 distinct talkers and the block applied on each (as n
+// agents would, in parallel), waits for the rollup to count every node, and
+// returns the JSON sizes of the monitor and the block.
+func reportFromNodes(t testing.TB, n int, monitorName, blockName string) objectSizes {
+	t.Helper()
+	ctx := context.Background()
+	start := time.Now()
+	parallel(t, n, 16, func(i int) error {
+		createNodes(t, node{name: fmt.Sprintf("node-%04d", i)})
+		return nil
+	})
+	t.Logf("created %d nodes in %v", n, time.Since(start))
+	var lmns lanmonitorv1alpha1.LanMonitorNodeList
+	eventually(t, 120*time.Second, func() error {
+		if err := env.Client.List(ctx, &lmns); err != nil {
+			return err
+		}
+		ready := 0
+		for _, l := range lmns.Items {
+			if len(l.Spec.IPBlocks) == 1 {
+				ready++
+			}
+		}
+		if ready != n {
+			return fmt.Errorf("%d of %d LanMonitorNodes carry the block", ready, n)
+		}
+		return nil
+	})
+	t.Logf("%d LanMonitorNodes after %v", n, time.Since(start))
+	parallel(t, n, 16, func(i int) error {
+		l := &lmns.Items[i]
+		base := l.DeepCopy()
+		var talkers []lanmonitorv1alpha1.Talker
+		for j := range 100 {
+			talkers = append(talkers, lanmonitorv1alpha1.Talker{
+				Address:       fmt.Sprintf("2001:db8:%x::%x", i, j+1),
+				BitsPerSecond: int64(1_000_000_000 - i*1000 - j), Bytes: int64(1 << 40), Packets: int64(1 << 30),
+				PacketsPerSecond: 1_000_000, Internal: true,
+			})
+		}
+		ref := l.Spec.IPBlocks[0]
+		now := metav1.Now()
+		l.Status = lanmonitorv1alpha1.LanMonitorNodeStatus{
+			ObservedGeneration: l.Generation,
+			Interfaces: []lanmonitorv1alpha1.NodeInterfaceStatus{{
+				Monitor: monitorName, Interface: "eth0", Attached: true, XDPMode: lanmonitorv1alpha1.XDPModeNative,
+				TopTalkers: talkers, BitsPerSecond: 1_000_000_000, Totals: lanmonitorv1alpha1.TrafficTotals{Packets: 1 << 40, Bytes: 1 << 50},
+			}},
+			IPBlocks: []lanmonitorv1alpha1.NodeIPBlockStatus{{
+				Name: ref.Name, RuleID: ref.RuleID, Generation: ref.Generation, MatchedPackets: 1 << 30, DroppedPackets: 1 << 30,
+				ExemptedAddresses: []string{fmt.Sprintf("198.18.%d.%d", i/256, i%256)},
+			}},
+			LastReportTime: &now,
+		}
+		return env.Client.Status().Patch(ctx, l, client.MergeFrom(base))
+	})
+	t.Logf("%d reports written after %v", n, time.Since(start))
+	var sizes objectSizes
+	eventually(t, 120*time.Second, func() error {
+		m := getMonitor(t, monitorName)
+		b := getBlock(t, blockName)
+		if m.Status.Nodes.Ready != int32(n) || b.Status.Nodes.Enforced != int32(n) || len(m.Status.TopTalkers) != 100 {
+			return fmt.Errorf("monitor nodes %+v, block nodes %+v", m.Status.Nodes, b.Status.Nodes)
+		}
+		mj, err := json.Marshal(m)
+		if err != nil {
+			return err
+		}
+		bj, err := json.Marshal(b)
+		if err != nil {
+			return err
+		}
+		sizes = objectSizes{monitor: len(mj), block: len(bj)}
+		if got := len(b.Status.ExemptedAddresses); got != lanmonitorv1alpha1.MaxExemptedAddresses {
+			return fmt.Errorf("%d exempted addresses, want the first %d", got, lanmonitorv1alpha1.MaxExemptedAddresses)
+		}
+		return nil
+	})
+	t.Logf("rolled up after %v", time.Since(start))
+	return sizes
+}
+
+// parallel runs f(0..n-1) on workers goroutines and fails the test on the
+// first error.
+func parallel(t testing.TB, n, workers int, f func(i int) error) {
+	t.Helper()
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+		next = make(chan int)
+	)
+	for range workers {
+		wg.Go(func() {
+			for i := range next {
+				if err := f(i); err != nil {
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	if len(errs) > 0 {
+		t.Fatalf("%d errors, first: %v", len(errs), errs[0])
+	}
+}
+
+// TestConcurrency: 20 agents report every second while an IPBlock changes
+// twice within 5 seconds. Every node converges on the final generation, no
+// node's counters are lost, the block is never reported enforced for a
+// generation before every node applied it, and the controller's writes stay
+// within the rate limits (no hot loop).
+func TestConcurrency(t *testing.T) {
+	t.Cleanup(func() { cleanup(t) })
+	ctx := context.Background()
+	names := nodeNames(20)
+	for _, n := range names {
+		createNodes(t, node{name: n})
+	}
+	ctl := startController(t, false)
+	create(t, monitor("lan", time.Second))
+	agents := startAgents(t, fakeagent.Options{
+		// Applying takes 0-400ms, so that nodes finish in any order.
+		ApplyDelay: func() time.Duration { return time.Duration(rand.Int64N(int64(400 * time.Millisecond))) },
+	}, names...)
+	eventually(t, 10*time.Second, func() error {
+		if r := getMonitor(t, "lan").Status.Nodes.Ready; r != 20 {
+			return fmt.Errorf("%d nodes ready", r)
+		}
+		return nil
+	})
+
+	// Traffic: every agent's counters grow every 100ms until stopped.
+	var (
+		mu      sync.Mutex
+		matched = map[string]int64{}
+		packets = map[string]int64{}
+	)
+	trafficCtx, stopTraffic := context.WithCancel(ctx)
+	var traffic sync.WaitGroup
+	traffic.Go(func() {
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-trafficCtx.Done():
+				return
+			case <-tick.C:
+			}
+			mu.Lock()
+			for i, n := range names {
+				matched[n] += int64(i + 1)
+				packets[n] += int64(10 * (i + 1))
+				agents[n].SetCounters("scan", fakeagent.Counters{Matched: matched[n], Dropped: matched[n]})
+				agents[n].SetInterface("lan", fakeagent.Interface{Totals: lanmonitorv1alpha1.TrafficTotals{Packets: packets[n], Bytes: 64 * packets[n]}})
+			}
+			mu.Unlock()
+		}
+	})
+	defer func() { stopTraffic(); traffic.Wait() }()
+
+	// Check every version of the block that a watch sees.
+	var (
+		checked    int
+		violations []string
+	)
+	stopObserving := observe(t, &lanmonitorv1alpha1.IPBlock{}, func(o client.Object) {
+		b := o.(*lanmonitorv1alpha1.IPBlock)
+		checked++
+		c := findCondition(b.Status.Conditions, lanmonitorv1alpha1.ConditionEnforced)
+		if c == nil || c.Status != metav1.ConditionTrue {
+			return
+		}
+		for _, n := range names {
+			if got := agents[n].Issued("scan"); got < c.ObservedGeneration {
+				violations = append(violations, fmt.Sprintf("rv %s: Enforced=True for generation %d while %s had applied only %d",
+					b.ResourceVersion, c.ObservedGeneration, n, got))
+			}
+		}
+		if c.ObservedGeneration == b.Generation && b.Status.Nodes.Enforced != 20 {
+			violations = append(violations, fmt.Sprintf("rv %s: Enforced=True with nodes %+v", b.ResourceVersion, b.Status.Nodes))
+		}
+	})
+
+	before := ctl.writes.snapshot()
+	start := time.Now()
+	b := ipBlock("scan", "198.18.0.0/24")
+	create(t, b)
+	update := func(cidrs ...string) {
+		t.Helper()
+		updateBlock(t, "scan", func(s *lanmonitorv1alpha1.IPBlockSpec) { s.CIDRs = cidrs })
+	}
+	time.Sleep(1500 * time.Millisecond)
+	update("198.18.0.0/24", "198.18.1.0/24")
+	time.Sleep(1500 * time.Millisecond)
+	update("198.18.0.0/24", "198.18.1.0/24", "198.18.2.0/24")
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("the two changes took %v, want under 5s", d)
+	}
+
+	final := waitEnforced(t, "scan", 20)
+	if final.Generation != 3 {
+		t.Fatalf("final generation %d, want 3", final.Generation)
+	}
+	converged := time.Since(start)
+	for _, n := range names {
+		var l lanmonitorv1alpha1.LanMonitorNode
+		if err := env.Client.Get(ctx, client.ObjectKey{Name: n}, &l); err != nil {
+			t.Fatal(err)
+		}
+		if len(l.Status.IPBlocks) != 1 || l.Status.IPBlocks[0].Generation != 3 {
+			t.Errorf("%s reports %+v, want generation 3", n, l.Status.IPBlocks)
+		}
+	}
+
+	// Stop the traffic: the rollups must reach the exact final sums.
+	stopTraffic()
+	traffic.Wait()
+	var wantMatched, wantPackets int64
+	for _, n := range names {
+		wantMatched += matched[n]
+		wantPackets += packets[n]
+	}
+	eventually(t, 10*time.Second, func() error {
+		st := getBlock(t, "scan").Status
+		mst := getMonitor(t, "lan").Status
+		if st.MatchedPackets != wantMatched || st.DroppedPackets != wantMatched || mst.Totals.Packets != wantPackets {
+			return fmt.Errorf("matched %d dropped %d packets %d, want %d, %d, %d",
+				st.MatchedPackets, st.DroppedPackets, mst.Totals.Packets, wantMatched, wantMatched, wantPackets)
+		}
+		return nil
+	})
+	elapsed := time.Since(start)
+	stopObserving()
+	for _, v := range violations {
+		t.Error(v)
+	}
+	if checked < 3 {
+		t.Errorf("observed only %d versions of the block", checked)
+	}
+
+	// Writes: LanMonitorNode specs change once per generation per node; the
+	// rollups are written at once only when a condition or the generation
+	// changes (3 times per generation: new generation, first node, all
+	// nodes), otherwise at most once per second.
+	after := ctl.writes.snapshot()
+	delta := func(k string) int { return after[k] - before[k] }
+	seconds := int(elapsed/time.Second) + 1
+	specWrites := delta("patch *v1alpha1.LanMonitorNode")
+	blockWrites := delta("patch *v1alpha1.IPBlock/status")
+	monitorWrites := delta("patch *v1alpha1.LanMonitor/status")
+	failed := 0
+	for k := range after {
+		if strings.HasPrefix(k, "failed ") {
+			failed += delta(k)
+		}
+	}
+	t.Logf("converged in %v; over %v: %d LanMonitorNode spec writes, %d IPBlock and %d LanMonitor status writes, %d failed writes, %d versions checked",
+		converged, elapsed, specWrites, blockWrites, monitorWrites, failed, checked)
+	// A status write fails (conflict) only when the block changed under it:
+	// at most once per spec update.
+	if failed > 2 {
+		t.Errorf("%d failed writes, want at most 2 (%v)", failed, after)
+	}
+	if specWrites != 3*20 {
+		t.Errorf("%d LanMonitorNode spec writes, want exactly 60 (3 generations x 20 nodes)", specWrites)
+	}
+	if max := 3*3 + seconds; blockWrites > max {
+		t.Errorf("%d IPBlock status writes in %ds, want at most %d", blockWrites, seconds, max)
+	}
+	if max := 2 + seconds; monitorWrites > max {
+		t.Errorf("%d LanMonitor status writes in %ds, want at most %d", monitorWrites, seconds, max)
+	}
+	for _, n := range names {
+		// One write per applied generation plus one per interval.
+		if w := agents[n].Writes(); w > int64(3+2+int(time.Since(start)/time.Second)+5) {
+			t.Errorf("agent %s wrote %d times", n, w)
+		}
+		if e := agents[n].Errors(); e != 0 {
+			t.Errorf("agent %s: %d failed writes", n, e)
+		}
+	}
+}
