@@ -75,6 +75,11 @@ func (r *LanMonitorReconciler) Reconcile(ctx context.Context, req reconcile.Requ
 		}
 	}
 	status.TopTalkers = mergeTalkers(talkers, int(cmp.Or(m.Spec.TopN, lanmonitorv1alpha1.DefaultTopN)))
+	status.Display.Rate = ""
+	if len(status.TopTalkers) > 0 {
+		// RATE sits next to TOP TALKER in `kubectl get`: that talker's rate.
+		status.Display.Rate = lanmonitorv1alpha1.FormatBitRate(status.TopTalkers[0].BitsPerSecond)
+	}
 	if equality.Semantic.DeepEqual(m.Status, status) {
 		return reconcile.Result{}, nil
 	}
@@ -151,7 +156,6 @@ func monitorStatus(m *lanmonitorv1alpha1.LanMonitor, monitors []monitorSel, node
 	st.Display = lanmonitorv1alpha1.MonitorDisplay{
 		Nodes:     fmt.Sprintf("%d/%d", st.Nodes.Ready, st.Nodes.Desired),
 		Interface: displayInterface(m.Spec.Interface, resolved),
-		Rate:      lanmonitorv1alpha1.FormatBitRate(st.BitsPerSecond),
 	}
 
 	gen := m.Generation

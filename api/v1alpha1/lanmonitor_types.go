@@ -115,7 +115,8 @@ type MonitorDisplay struct {
 	// +kubebuilder:validation:MaxLength=64
 	Interface string `json:"interface,omitempty"`
 
-	// rate is bitsPerSecond in human-readable form, e.g. "12.3 Mbit/s". Display only.
+	// rate is the top talker's bitsPerSecond in human-readable form, e.g.
+	// "12.3 Mbit/s" (the RATE column, next to TOP TALKER). Display only.
 	// +optional
 	// +kubebuilder:validation:MaxLength=32
 	Rate string `json:"rate,omitempty"`
@@ -179,7 +180,7 @@ type LanMonitorStatus struct {
 // +kubebuilder:printcolumn:name="Nodes",type=string,JSONPath=`.status.display.nodes`,description="Ready/desired nodes"
 // +kubebuilder:printcolumn:name="Interface",type=string,JSONPath=`.status.display.interface`,description="Monitored interface"
 // +kubebuilder:printcolumn:name="Top Talker",type=string,JSONPath=`.status.topTalkers[0].address`,description="Highest-rate source address"
-// +kubebuilder:printcolumn:name="Rate",type=string,JSONPath=`.status.display.rate`,description="Sum of the nodes' rates"
+// +kubebuilder:printcolumn:name="Rate",type=string,JSONPath=`.status.display.rate`,description="Rate of the top talker"
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type LanMonitor struct {
 	metav1.TypeMeta `json:",inline"`
