@@ -20,4 +20,7 @@ trap 'rm -f "$out"' EXIT
 "$GO" test -run '^$' -bench "$BENCH" -benchtime 2000000x -count "$COUNT" ./bpf/ | tee -a "$out" >&2
 # Agent: blocklist sync, read and rank, memory, throughput over a veth.
 "$GO" test -run '^$' -bench "$BENCH" -benchtime 3x -count "$COUNT" ./agent/ | tee -a "$out" >&2
+# Controller: IPBlock propagation to 100 simulated agents on a real API server.
+KUBEBUILDER_ASSETS="$(hack/tools.sh controlplane)" \
+	"$GO" test -run '^$' -bench Controller -benchtime 20x -count 1 ./controllers/ | tee -a "$out" >&2
 "$GO" run ./hack/benchreport <"$out"
