@@ -77,6 +77,7 @@ and rolls the nodes' reports up into LanMonitor and IPBlock status.`,
 	o.zap.BindFlags(gofs)
 	f.AddGoFlagSet(gofs)
 	f.AddGoFlagSet(flag.CommandLine) // --kubeconfig, registered by controller-runtime
+	cmd.AddCommand(newDrainCommand())
 	return cmd
 }
 
