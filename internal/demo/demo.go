@@ -124,8 +124,11 @@ var (
 	lanPrefix6 = netip.MustParsePrefix("2001:db8::/64")
 )
 
+// lanAddr gives host number last (decimal) 198.18.0.<last> and
+// 2001:db8::<last>, the same digits in both (66 -> 2001:db8::66).
 func lanAddr(last byte) (netip.Addr, netip.Addr) {
-	return netip.AddrFrom4([4]byte{198, 18, 0, last}), netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 15: last})
+	bcd := uint16(last/100)<<8 | uint16(last/10%10)<<4 | uint16(last%10)
+	return netip.AddrFrom4([4]byte{198, 18, 0, last}), netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 14: byte(bcd >> 8), 15: byte(bcd)})
 }
 
 // Up brings the demo up; on error it tears down what it made.
