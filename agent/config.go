@@ -12,37 +12,31 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/lanmonitor/lanmonitor/api/v1alpha1"
 	"github.com/lanmonitor/lanmonitor/bpf"
 )
 
-// XDPMode is how the program is attached: "Auto" (native, else generic),
-// "Native" (driver) or "Generic" (SKB). Same values as the API's xdpMode.
-type XDPMode string
-
-// The attach modes.
+// The attach modes, directions and block modes are the API's
+// (v1alpha1.XDPMode, v1alpha1.Direction, v1alpha1.BlockMode): standalone
+// files and LanMonitorNode specs carry them as they are.
 const (
-	XDPModeAuto    XDPMode = "Auto"
-	XDPModeNative  XDPMode = "Native"
-	XDPModeGeneric XDPMode = "Generic"
+	XDPModeAuto    = v1alpha1.XDPModeAuto
+	XDPModeNative  = v1alpha1.XDPModeNative
+	XDPModeGeneric = v1alpha1.XDPModeGeneric
+
+	DirectionSource      = v1alpha1.DirectionSource
+	DirectionDestination = v1alpha1.DirectionDestination
+	DirectionBoth        = v1alpha1.DirectionBoth
+
+	BlockModeEnforce = v1alpha1.BlockModeEnforce
+	BlockModeAudit   = v1alpha1.BlockModeAudit
 )
 
-// Direction says which address of a packet a Block matches.
-type Direction string
-
-// The block directions.
-const (
-	DirectionSource      Direction = "Source"
-	DirectionDestination Direction = "Destination"
-	DirectionBoth        Direction = "Both"
-)
-
-// BlockMode says what a Block does to matching frames.
-type BlockMode string
-
-// The block modes.
-const (
-	BlockModeEnforce BlockMode = "Enforce"
-	BlockModeAudit   BlockMode = "Audit"
+// XDPMode, Direction and BlockMode are the API's types.
+type (
+	XDPMode   = v1alpha1.XDPMode
+	Direction = v1alpha1.Direction
+	BlockMode = v1alpha1.BlockMode
 )
 
 // Block is one IPBlock as the datapath applies it.

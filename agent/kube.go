@@ -493,7 +493,7 @@ func (a *nodeAgent) status(lmn *v1alpha1.LanMonitorNode, blocks []Block) v1alpha
 		state, msg := m.State()
 		ist.Interface, ist.Ifindex = r.Interface, int32(r.Ifindex)
 		ist.Attached = state == StateAttached
-		ist.XDPMode, ist.XDPModeReason = v1alpha1.XDPMode(r.XDPMode), truncate(r.XDPModeReason)
+		ist.XDPMode, ist.XDPModeReason = r.XDPMode, truncate(r.XDPModeReason)
 		ist.Promiscuous = r.Promiscuous
 		ist.BitsPerSecond, ist.PacketsPerSecond = int64(r.BitsPerSecond), int64(r.PacketsPerSecond)
 		ist.Rate = v1alpha1.FormatBitRate(ist.BitsPerSecond)

@@ -158,7 +158,7 @@ func StandaloneConfig(iface string, mf *Manifests, now time.Time, maxRules uint3
 // Config of iface, without blocks.
 func InterfaceConfig(iface string, s v1alpha1.LanMonitorSpec) (Config, error) {
 	cfg := Config{
-		Interface: iface, Promiscuous: s.Promiscuous == nil || *s.Promiscuous, XDPMode: XDPMode(s.XDPMode),
+		Interface: iface, Promiscuous: s.Promiscuous == nil || *s.Promiscuous, XDPMode: s.XDPMode,
 		TopN: int(s.TopN), MaxTrackedSources: uint32(s.MaxTrackedSources), FlowSampling: uint32(s.FlowSampling),
 	}
 	if s.ReportInterval != nil {
@@ -180,7 +180,7 @@ func BlockFromAPI(name string, ruleID uint32, generation int64, s v1alpha1.IPBlo
 	if err != nil {
 		return Block{}, fmt.Errorf("IPBlock %q: spec.cidrs: %w", name, err)
 	}
-	b := Block{Name: name, RuleID: ruleID, Generation: generation, Direction: Direction(s.Direction), Mode: BlockMode(s.Mode), CIDRs: cidrs}
+	b := Block{Name: name, RuleID: ruleID, Generation: generation, Direction: s.Direction, Mode: s.Mode, CIDRs: cidrs}
 	if b.Direction == "" {
 		b.Direction = DirectionSource
 	}
