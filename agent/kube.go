@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -138,6 +139,8 @@ type nodeAgent struct {
 	failures map[string]string   // by monitor: why its interface is not running
 	retryAt  time.Time
 
+	appliedBlocks string // blockGenerations of the last sync
+
 	lastStatus *v1alpha1.LanMonitorNodeStatus
 	lastUID    types.UID
 	lastWrite  time.Time
@@ -212,6 +215,10 @@ func (a *nodeAgent) sync(ctx context.Context) error {
 		return err
 	}
 	fresh := a.reconcile(lmn.Spec.Interfaces, blocks)
+	if gens := blockGenerations(blocks); fresh || gens != a.appliedBlocks {
+		a.appliedBlocks = gens
+		TuneMemoryLimit() // after a blocklist change: the heap's size changed
+	}
 	if lmn.Name == "" {
 		return nil
 	}
@@ -252,6 +259,16 @@ func (a *nodeAgent) blocks(ctx context.Context, lmn *v1alpha1.LanMonitorNode) ([
 		out = append(out, b)
 	}
 	return out, nil
+}
+
+// blockGenerations identifies a blocklist by its blocks' names and
+// generations.
+func blockGenerations(blocks []Block) string {
+	var b strings.Builder
+	for _, blk := range blocks {
+		fmt.Fprintf(&b, "%s/%d,", blk.Name, blk.Generation)
+	}
+	return b.String()
 }
 
 // reconcile starts, reconfigures and stops managers. It reports whether

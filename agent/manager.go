@@ -113,8 +113,6 @@ type Manager struct {
 	// changes only with the configuration or the automatic addresses.
 	exempted map[string][]string
 	samples  *ringbuf.Reader
-	// readBuf is reused by the periodic reads of the talker map.
-	readBuf []bpf.Talker
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -466,8 +464,7 @@ func (m *Manager) reattach(l netlink.Link) {
 
 // readCounters takes a report. Called with m.mu held.
 func (m *Manager) readCounters(now time.Time) {
-	talkers, err := m.dp.AppendTalkers(m.readBuf[:0])
-	m.readBuf = talkers
+	talkers, err := m.dp.Talkers()
 	if err != nil {
 		m.log.Error("read talkers", "error", err)
 		return

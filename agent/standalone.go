@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
-	"runtime/debug"
 	"slices"
 	"time"
 
@@ -88,7 +87,7 @@ func RunStandalone(ctx context.Context, o StandaloneOptions) error {
 	}
 	// Decoding, validating and syncing a large blocklist (100k CIDRs)
 	// needs several times the memory the result keeps: give it back now.
-	debug.FreeOSMemory()
+	TuneMemoryLimit()
 	managers := func() []*Manager { return []*Manager{m} }
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(NewCollector(managers), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -154,7 +153,7 @@ func reload(v *crdvalidate.Validator, o StandaloneOptions, m *Manager, log *slog
 		return prevExpiry
 	}
 	log.Info("configuration reloaded", "blocks", len(cfg.Blocks))
-	debug.FreeOSMemory()
+	TuneMemoryLimit()
 	return next
 }
 

@@ -405,15 +405,11 @@ const talkerBatch = 4096
 
 // Talkers returns every tracked source with its counters summed over CPUs, in
 // no particular order.
-func (d *Datapath) Talkers() ([]Talker, error) { return d.AppendTalkers(nil) }
-
-// AppendTalkers appends every tracked source to buf (which may be a previous
-// result, reset to length 0, to read without allocating) and returns it.
-func (d *Datapath) AppendTalkers(buf []Talker) ([]Talker, error) {
+func (d *Datapath) Talkers() ([]Talker, error) {
 	keys := make([]lanmonitorLmAddr, talkerBatch)
 	vals := make([]lanmonitorLmTalker, talkerBatch*d.cpus)
 	var cursor ebpf.MapBatchCursor
-	out := buf
+	var out []Talker
 	for {
 		n, err := d.objs.LmTalkers.BatchLookup(&cursor, keys, vals, nil)
 		for i := range n {

@@ -189,3 +189,36 @@ func TestNotPromiscuous(t *testing.T) {
 		t.Fatalf("rule counters %+v for an ignored frame", rc)
 	}
 }
+
+// TestFilterAfterRemovals: removing prefixes recomputes the Bloom filter
+// words they touched from the prefixes that remain, so keys sharing a word
+// with a removed one keep matching. A small filter makes words shared.
+func TestFilterAfterRemovals(t *testing.T) {
+	d := loadForTest(t, bpf.Config{MaxPrefixes: 2048}) // 512 filter words
+	all := map[netip.Prefix]bpf.Rule{}
+	keep := map[netip.Prefix]bpf.Rule{}
+	for i := range 2000 {
+		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 19, byte(i >> 8), byte(i)}), 32)
+		all[p] = bpf.Rule{ID: 1}
+		if i%2 == 0 {
+			keep[p] = bpf.Rule{ID: 1}
+		}
+	}
+	if _, _, err := d.SyncPrefixes(bpf.TableSource, all); err != nil {
+		t.Fatal(err)
+	}
+	if _, deleted, err := d.SyncPrefixes(bpf.TableSource, keep); err != nil || deleted != 1000 {
+		t.Fatalf("deleted %d, err %v; want 1000", deleted, err)
+	}
+	for p := range all {
+		_, kept := keep[p]
+		want := uint32(xdpPass)
+		if kept {
+			want = xdpDrop
+		}
+		f := frames.MustBuild(with(udp4(0), func(s *frames.Spec) { s.Src = p.Addr() }))
+		if got := run(t, d, f); got != want {
+			t.Fatalf("%s (kept %v): verdict %d, want %d", p, kept, got, want)
+		}
+	}
+}

@@ -300,8 +300,10 @@ func (d *Datapath) setLengthBit(t Table, fam, bits int, on bool) {
 	}
 }
 
-// writeFilter writes the filter words changed since the last write.
+// writeFilter writes the filter words changed since the last write,
+// recomputing those that removed keys touched.
 func (d *Datapath) writeFilter() error {
+	d.filter.recompute(d.rules)
 	idx, words := d.filter.takeDirty()
 	if len(idx) == 0 {
 		return nil
@@ -323,45 +325,58 @@ func ruleHash(k lanmonitorLmRuleKey) uint64 {
 }
 
 // ruleFilter is the Go side of lm_filter: a blocked Bloom filter with two
-// bits per key in one 64-bit word, and a count per bit so that keys can be
-// removed.
+// bits per key in one 64-bit word. A removed key cannot clear its bits,
+// which other keys may share: the words it touched are recomputed from the
+// remaining keys instead (one pass over them), which costs a few
+// milliseconds per 100k keys and no memory per key.
 type ruleFilter struct {
-	mask   uint32
-	words  []uint64
-	counts map[uint32]uint32 // word<<6 | bit -> keys setting it
-	dirty  map[uint32]struct{}
+	mask  uint32
+	words []uint64
+	dirty map[uint32]struct{} // words to write
+	stale map[uint32]struct{} // words to recompute before writing
 }
 
 func newRuleFilter(words uint32) *ruleFilter {
-	return &ruleFilter{mask: words - 1, words: make([]uint64, words), counts: map[uint32]uint32{}, dirty: map[uint32]struct{}{}}
+	return &ruleFilter{mask: words - 1, words: make([]uint64, words), dirty: map[uint32]struct{}{}, stale: map[uint32]struct{}{}}
 }
 
-func (f *ruleFilter) slots(k lanmonitorLmRuleKey) (word uint32, bits [2]uint32) {
+func (f *ruleFilter) slots(k lanmonitorLmRuleKey) (word uint32, bits uint64) {
 	h := ruleHash(k)
-	return uint32(h) & f.mask, [2]uint32{uint32(h>>32) & 63, uint32(h>>40) & 63}
+	return uint32(h) & f.mask, 1<<(h>>32&63) | 1<<(h>>40&63)
 }
 
 func (f *ruleFilter) add(k lanmonitorLmRuleKey) {
 	w, bits := f.slots(k)
-	for _, b := range bits {
-		f.counts[w<<6|b]++
-		f.words[w] |= 1 << b
-	}
+	f.words[w] |= bits
 	f.dirty[w] = struct{}{}
 }
 
+// remove marks the word of k for recomputation (see recompute).
 func (f *ruleFilter) remove(k lanmonitorLmRuleKey) {
-	w, bits := f.slots(k)
-	for _, b := range bits {
-		slot := w<<6 | b
-		if f.counts[slot] <= 1 {
-			delete(f.counts, slot)
-			f.words[w] &^= 1 << b
-		} else {
-			f.counts[slot]--
+	w, _ := f.slots(k)
+	f.stale[w] = struct{}{}
+}
+
+// recompute rebuilds the stale words from the keys that remain.
+func (f *ruleFilter) recompute(keys map[lanmonitorLmRuleKey]Rule) {
+	if len(f.stale) == 0 {
+		return
+	}
+	for w := range f.stale {
+		f.words[w] = 0
+		f.dirty[w] = struct{}{}
+	}
+	for k := range keys {
+		if w, bits := f.slots(k); hasWord(f.stale, w) {
+			f.words[w] |= bits
 		}
 	}
-	f.dirty[w] = struct{}{}
+	clear(f.stale)
+}
+
+func hasWord(set map[uint32]struct{}, w uint32) bool {
+	_, ok := set[w]
+	return ok
 }
 
 func (f *ruleFilter) takeDirty() ([]uint32, []uint64) {

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -19,18 +18,10 @@ import (
 	"github.com/lanmonitor/lanmonitor/internal/version"
 )
 
-// defaultMemoryLimit is the Go runtime's soft memory limit unless
-// GOMEMLIMIT says otherwise: with 100k prefixes and 65,536 sources the live
-// heap is about 25 MiB, and the limit keeps the garbage of the per-interval
-// reads from doubling it (resident memory measured in docs/benchmarks.md).
-// It is soft: a larger configuration makes the runtime exceed it rather than
-// fail.
-const defaultMemoryLimit = 40 << 20
-
 func main() {
-	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(defaultMemoryLimit)
-	}
+	// A soft memory limit (see agent.TuneMemoryLimit), retuned after
+	// every configuration load.
+	agent.TuneMemoryLimit()
 	if err := newRootCommand().Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "lanmonitor-agent:", err)
 		os.Exit(1)
