@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -203,9 +204,10 @@ func TestTopTalkersSelection(t *testing.T) {
 	tr.update(t0.Add(time.Second), talkers, bpf.Stats{})
 	for _, n := range []int{1, 5, 10, 100, 299} {
 		full := rank(talkerReports(talkers, &tr, nil), n)
-		top := topTalkers(talkers, &tr, nil, n)
-		if !reflect.DeepEqual(full, top) {
-			t.Fatalf("n=%d: selection %v, full rank %v", n, top, full)
+		top := topTalkers(slices.Clone(talkers), &tr, nil, n)
+		merged := rankTalkers(slices.Clone(talkers), &tr, nil, n)
+		if !reflect.DeepEqual(full, top) || !reflect.DeepEqual(full, merged) {
+			t.Fatalf("n=%d: selection %v, merge %v, full rank %v", n, top, merged, full)
 		}
 	}
 }

@@ -570,7 +570,7 @@ func (m *Manager) Talkers(limit int) ([]TalkerReport, error) {
 	if err != nil {
 		return nil, err
 	}
-	return rank(talkerReports(ts, &m.tracker, m.internal), limit), nil
+	return rankTalkers(ts, &m.tracker, m.internal, limit), nil
 }
 
 // Stats reads the global counters now, with the number of tracked sources
