@@ -37,6 +37,26 @@ demo-up: build ## Start the demo in the background and print the KUBECONFIG to u
 demo-down: ## Tear the background demo down.
 	$(GO) run ./hack/demo down
 
+##@ Local cluster (root)
+
+IMAGE_TAG ?= dev
+
+.PHONY: images
+images: ## Build the controller and agent images into bin/images/ (no Docker, no registry); import them into the local cluster's containerd if it runs.
+	$(GO) run ./hack/images -out $(BIN)/images -tag $(IMAGE_TAG)
+
+.PHONY: cluster-up
+cluster-up: ## Start a real single-node Kubernetes cluster here (containerd, etcd, control plane, kubelet on 127.0.0.1) with the lab interface lmlan0.
+	hack/cluster/up.sh
+
+.PHONY: cluster-down
+cluster-down: ## Tear the local cluster down and check the host is as it was before cluster-up.
+	hack/cluster/down.sh
+
+.PHONY: e2e-cluster
+e2e-cluster: ## helm install into the running local cluster and test it end to end (make cluster-up first).
+	LANMONITOR_CLUSTER=existing $(GO) test -count=1 -v -timeout 15m ./test/cluster/
+
 ##@ Development
 
 .PHONY: generate
