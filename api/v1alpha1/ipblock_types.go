@@ -130,7 +130,7 @@ type IPBlockStatus struct {
 // addresses on the monitored interfaces.
 //
 // +kubebuilder:object:root=true
-// +kubebuilder:resource:scope=Cluster,shortName=ipb;ipbs,categories=lanmonitor
+// +kubebuilder:resource:scope=Cluster,shortName=ipb;ipbs,categories=lanmonitoring
 // +kubebuilder:subresource:status
 // +kubebuilder:printcolumn:name="CIDRs",type=string,JSONPath=`.status.display.cidrs`,description="Blocked CIDRs"
 // +kubebuilder:printcolumn:name="Mode",type=string,JSONPath=`.spec.mode`

@@ -175,7 +175,7 @@ type LanMonitorStatus struct {
 // talkers, totals, and the interface the IPBlocks are enforced on.
 //
 // +kubebuilder:object:root=true
-// +kubebuilder:resource:scope=Cluster,shortName=lm;lms,categories=lanmonitor
+// +kubebuilder:resource:scope=Cluster,shortName=lm;lms,categories=lanmonitoring
 // +kubebuilder:subresource:status
 // +kubebuilder:printcolumn:name="Nodes",type=string,JSONPath=`.status.display.nodes`,description="Ready/desired nodes"
 // +kubebuilder:printcolumn:name="Interface",type=string,JSONPath=`.status.display.interface`,description="Monitored interface"

@@ -274,7 +274,7 @@ type LanMonitorNodeStatus struct {
 // after the node and owned by every LanMonitor that selects the node.
 //
 // +kubebuilder:object:root=true
-// +kubebuilder:resource:scope=Cluster,shortName=lmn;lmns,categories=lanmonitor
+// +kubebuilder:resource:scope=Cluster,shortName=lmn;lmns,categories=lanmonitoring
 // +kubebuilder:subresource:status
 // +kubebuilder:printcolumn:name="Interface",type=string,JSONPath=`.status.interfaces[0].interface`,description="First monitored interface"
 // +kubebuilder:printcolumn:name="Mode",type=string,JSONPath=`.status.interfaces[0].xdpMode`,description="XDP mode in use"
