@@ -27,15 +27,18 @@ help: ## Show this help.
 
 .PHONY: demo
 demo: build ## Run lanmonitor on a lab LAN against a real kube-apiserver; prints kubectl get every report interval; Ctrl-C tears down (root).
-	$(GO) run ./hack/demo run
+	$(GO) build -o $(BIN)/demo ./hack/demo
+	$(BIN)/demo run
 
 .PHONY: demo-up
 demo-up: build ## Start the demo in the background and print the KUBECONFIG to use (root).
-	$(GO) run ./hack/demo up
+	$(GO) build -o $(BIN)/demo ./hack/demo
+	$(BIN)/demo up
 
 .PHONY: demo-down
 demo-down: ## Tear the background demo down.
-	$(GO) run ./hack/demo down
+	$(GO) build -o $(BIN)/demo ./hack/demo
+	$(BIN)/demo down
 
 ##@ Local cluster (root)
 

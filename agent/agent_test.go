@@ -607,3 +607,30 @@ func TestMetricsAndSampling(t *testing.T) {
 		t.Errorf("flow sample lines missing:\n%s", a.logs)
 	}
 }
+
+// TestSecondAgentRefused: a second agent for an interface a live agent
+// manages is refused (the pin directory is locked) and changes nothing; the
+// lock goes with the first agent, even on kill -9, so a restart adopts.
+func TestSecondAgentRefused(t *testing.T) {
+	l := newLAN(t, lanOptions{})
+	bin := agentBinary(t, "dev")
+	file := manifests(t, t.TempDir(), monitor1s+ipblock("blocked", blockedSrc))
+	first := l.start(t, bin, file)
+	_, _, prog := xdpState(t, l.node, "lan0")
+	second := l.startNoWait(t, bin, file)
+	<-second.exited
+	if code := second.cmd.ProcessState.ExitCode(); code != 1 || !strings.Contains(second.logs.String(), "is locked: another lanmonitor agent manages this interface") {
+		t.Fatalf("second agent: exit %d, log:\n%s", code, second.logs)
+	}
+	if _, _, now := xdpState(t, l.node, "lan0"); now != prog || first.status("/readyz") != 200 {
+		t.Fatalf("the first agent was disturbed: program %d (was %d), readyz %d", now, prog, first.status("/readyz"))
+	}
+	if flag, _ := promisc(t, l.node, "lan0"); !flag {
+		t.Fatal("promiscuity lost")
+	}
+	first.stop(syscall.SIGKILL)
+	l.start(t, bin, file) // the lock died with the first agent
+	if !first.logged("attached") {
+		t.Fatal("no attach logged")
+	}
+}

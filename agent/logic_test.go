@@ -136,10 +136,11 @@ func TestStandaloneRuleIDsStable(t *testing.T) {
 	if ids1["a"] != ids2["a"] || ids1["c"] != ids2["c"] {
 		t.Fatalf("IDs moved when another block came and went: %v then %v", ids1, ids2)
 	}
+	// As many blocks as rules: every ID of 1..8 used once.
 	seen := map[uint32]bool{}
-	for n, id := range idsOf(mf("a", "b", "c", "d", "e", "f", "g")) {
-		if id == 0 || id >= 8 || seen[id] {
-			t.Fatalf("block %s: rule ID %d not unique in 1..7", n, id)
+	for n, id := range idsOf(mf("a", "b", "c", "d", "e", "f", "g", "h")) {
+		if id == 0 || id > 8 || seen[id] {
+			t.Fatalf("block %s: rule ID %d not unique in 1..8", n, id)
 		}
 		seen[id] = true
 	}

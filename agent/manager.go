@@ -114,6 +114,10 @@ type Manager struct {
 	exempted map[string][]string
 	samples  *ringbuf.Reader
 
+	// lock is the pin directory, open and flock'ed while this Manager runs,
+	// so that a second agent cannot adopt the pins of a live one.
+	lock *os.File
+
 	stop chan struct{}
 	wg   sync.WaitGroup
 }
@@ -169,6 +173,8 @@ func Start(cfg Config, opts Options) (*Manager, error) {
 func (m *Manager) start(l netlink.Link) (err error) {
 	_, statErr := os.Stat(m.pinDir)
 	freshDir := errors.Is(statErr, os.ErrNotExist)
+	_, statErr = os.Stat(m.opts.PinRoot)
+	freshRoot := errors.Is(statErr, os.ErrNotExist)
 	var undo []func()
 	defer func() {
 		if err != nil {
@@ -178,8 +184,16 @@ func (m *Manager) start(l netlink.Link) (err error) {
 			if freshDir {
 				os.Remove(m.pinDir)
 			}
+			if freshRoot {
+				os.Remove(m.opts.PinRoot)
+			}
 		}
 	}()
+
+	if m.lock, err = lockPinDir(m.pinDir); err != nil {
+		return err
+	}
+	undo = append(undo, func() { m.lock.Close() })
 
 	dp, repin, err := m.loadDatapath(m.cfg.MaxTrackedSources)
 	if err != nil {
@@ -237,6 +251,29 @@ func (m *Manager) start(l netlink.Link) (err error) {
 		"programID", xdpProgramID(m.ns, m.ifindex), "promiscuous", m.cfg.Promiscuous)
 	m.readCounters(time.Now())
 	return nil
+}
+
+// lockPinDir creates the pin directory if needed and takes an exclusive
+// flock on it (released when the process ends, even by kill -9). A
+// directory locked by another process means another agent manages the
+// interface. Errors: that, or the directory cannot be made (no bpffs, no
+// permission).
+func lockPinDir(dir string) (*os.File, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create pin directory: %w", err)
+	}
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open pin directory: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("pin directory %s is locked: another lanmonitor agent manages this interface", dir)
+		}
+		return nil, fmt.Errorf("lock pin directory %s: %w", dir, err)
+	}
+	return f, nil
 }
 
 // loadDatapath loads the program with maps pinned in the pin directory. If
@@ -738,6 +775,7 @@ func (m *Manager) Close(cleanup bool) error {
 		err = errors.Join(err, m.promisc.close(false), m.dp.Close())
 	}
 	m.ns.close()
+	m.lock.Close()
 	m.state = StateStopped
 	return err
 }

@@ -43,7 +43,8 @@ func LoadManifests(v *crdvalidate.Validator, files []string) (*Manifests, error)
 	out := &Manifests{}
 	var errs []error
 	names := map[string]string{}
-	for _, file := range files {
+	for _, file := range slices.Compact(slices.Sorted(slices.Values(files))) {
+		objects := 0
 		raw, err := os.ReadFile(file)
 		if err != nil {
 			return nil, err
@@ -61,6 +62,7 @@ func LoadManifests(v *crdvalidate.Validator, files []string) (*Manifests, error)
 			if len(bytes.TrimSpace(chunk)) == 0 || isComments(chunk) {
 				continue
 			}
+			objects++
 			var obj map[string]any
 			if err := yaml.Unmarshal(chunk, &obj); err != nil {
 				errs = append(errs, fmt.Errorf("%s: document %d: %w", file, doc, err))
@@ -97,6 +99,11 @@ func LoadManifests(v *crdvalidate.Validator, files []string) (*Manifests, error)
 			default:
 				errs = append(errs, fmt.Errorf("%s: kind %q: standalone mode reads LanMonitor and IPBlock only", where, kind))
 			}
+		}
+		if objects == 0 {
+			// Most likely caught while an editor rewrites it in place;
+			// applying it would lift every block.
+			errs = append(errs, fmt.Errorf("%s: no LanMonitor or IPBlock in the file (empty, or being written?)", file))
 		}
 	}
 	if len(errs) > 0 {
@@ -142,6 +149,9 @@ func StandaloneConfig(iface string, mf *Manifests, now time.Time, maxRules uint3
 			}
 		}
 		live = append(live, b)
+	}
+	if len(live) > int(maxRules) {
+		return Config{}, time.Time{}, fmt.Errorf("%d IPBlocks: more than the %d rules an interface holds (--max-rules)", len(live), maxRules)
 	}
 	ids := standaloneRuleIDs(live, maxRules)
 	for _, b := range live {
@@ -213,8 +223,8 @@ func ParsePrefixes(ss []string) ([]netip.Prefix, error) {
 }
 
 // standaloneRuleIDs gives each block a rule ID from a hash of its name
-// (FNV-1a, in 1..maxRules-1), resolving collisions by probing upward in name
-// order. Without a controller to store IDs, this keeps a block's ID, and so
+// (FNV-1a, in 1..maxRules), resolving collisions by probing upward in name
+// order. The caller makes sure there are at most maxRules blocks. Without a controller to store IDs, this keeps a block's ID, and so
 // its pinned counters, across agent restarts and reloads whatever other
 // blocks come and go, unless two names collide.
 func standaloneRuleIDs(blocks []v1alpha1.IPBlock, maxRules uint32) map[string]uint32 {
@@ -225,7 +235,7 @@ func standaloneRuleIDs(blocks []v1alpha1.IPBlock, maxRules uint32) map[string]ui
 	slices.Sort(names)
 	used := map[uint32]bool{}
 	ids := map[string]uint32{}
-	span := maxRules - 1
+	span := maxRules
 	for _, n := range names {
 		h := fnv.New32a()
 		h.Write([]byte(n))

@@ -78,6 +78,9 @@ func TestStandaloneManifests(t *testing.T) {
 	if err != nil || len(cfg.Blocks) != 2 || !next.Equal(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)) {
 		t.Errorf("before expiry: %d blocks, next %v, err %v; want 2 blocks, next 2026-01-01", len(cfg.Blocks), next, err)
 	}
+	if _, _, err := StandaloneConfig("lan0", mf, now, 0); err == nil || err.Error() != "1 IPBlocks: more than the 0 rules an interface holds (--max-rules)" {
+		t.Errorf("more blocks than rules: error %v", err)
+	}
 	if _, _, err := StandaloneConfig("eth9", &Manifests{Monitors: append(mf.Monitors, mf.Monitors[0])}, now, 4096); err == nil ||
 		!strings.Contains(err.Error(), "standalone mode takes at most one") {
 		t.Errorf("two monitors: error %v", err)
@@ -112,6 +115,8 @@ func TestStandaloneManifestErrors(t *testing.T) {
 		{"other kind", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n", []string{"kind", `Unsupported value: "v1 ConfigMap"`}},
 		{"no name", "apiVersion: lanmonitor.io/v1alpha1\nkind: IPBlock\nspec: {cidrs: [198.18.0.1]}\n", []string{"metadata.name", "Required value"}},
 		{"not yaml", "cidrs: [", []string{"document 1"}},
+		{"empty file", "# nothing yet\n", []string{"no LanMonitor or IPBlock in the file"}},
+		{"bad name", "apiVersion: lanmonitor.io/v1alpha1\nkind: IPBlock\nmetadata: {name: Bad_Name}\nspec: {cidrs: [198.18.0.1]}\n", []string{"metadata.name", "a lowercase RFC 1123 subdomain"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			file := writeFile(t, c.body)

@@ -12,6 +12,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -24,6 +25,11 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/cli-runtime/pkg/printers"
+	"k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
 
 	"github.com/lanmonitor/lanmonitor/internal/demo"
 	"github.com/lanmonitor/lanmonitor/internal/lab"
@@ -139,17 +145,14 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("\nlanmonitor demo is up. In another shell:\n  export KUBECONFIG=%s\nCtrl-C tears it down.\n\n", d.Kubeconfig)
-	kubectl := kubectlPath()
+	fmt.Printf("\nlanmonitor demo is up. In another shell:\n  export KUBECONFIG=%s\n  kubectl get lanmonitors,ipblocks,lanmonitornodes\n%s\nCtrl-C tears it down.\n\n", d.Kubeconfig, agentAPIs(d))
 	tick := time.NewTicker(10 * time.Second) // the samples' reportInterval
 	defer tick.Stop()
 	for {
-		cmd := exec.Command(kubectl, "get", "lanmonitors,ipblocks,lanmonitornodes")
-		cmd.Env = append(os.Environ(), "KUBECONFIG="+d.Kubeconfig)
-		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-		fmt.Printf("--- %s\n", time.Now().Format(time.TimeOnly))
-		cmd.Run()
-		fmt.Println()
+		fmt.Printf("--- %s: kubectl get lanmonitors,ipblocks,lanmonitornodes\n", time.Now().Format(time.TimeOnly))
+		if err := printTables(ctx, d); err != nil && ctx.Err() == nil {
+			logf("get: %v", err)
+		}
 		select {
 		case <-ctx.Done():
 			return tearDown(d)
@@ -183,8 +186,9 @@ func up() error {
 	go func() { exited <- cmd.Wait() }()
 	for {
 		if _, err := os.Stat(filepath.Join(stateDir, "ready")); err == nil {
-			fmt.Printf("lanmonitor demo is up (pid %d, log %s).\n  export KUBECONFIG=%s\n  kubectl get lanmonitors,ipblocks,lanmonitornodes\n`make demo-down` tears it down.\n",
-				cmd.Process.Pid, logPath, filepath.Join(stateDir, "kubeconfig"))
+			apis, _ := os.ReadFile(filepath.Join(stateDir, "apis"))
+			fmt.Printf("lanmonitor demo is up (pid %d, log %s).\n  export KUBECONFIG=%s\n  kubectl get lanmonitors,ipblocks,lanmonitornodes\n%s`make demo-down` tears it down.\n",
+				cmd.Process.Pid, logPath, filepath.Join(stateDir, "kubeconfig"), apis)
 			return nil
 		}
 		select {
@@ -203,6 +207,10 @@ func serve() error {
 	d, err := bringUp(ctx)
 	if err != nil {
 		logf("%v", err)
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(stateDir, "apis"), []byte(agentAPIs(d)+"\n"), 0o644); err != nil {
+		d.Down()
 		return err
 	}
 	if err := os.WriteFile(filepath.Join(stateDir, "ready"), []byte(d.Kubeconfig+"\n"), 0o644); err != nil {
@@ -234,12 +242,50 @@ func down() error {
 	return nil
 }
 
-// kubectlPath prefers the kubectl built with the control plane, else PATH's.
-func kubectlPath() string {
-	if a := os.Getenv("KUBEBUILDER_ASSETS"); a != "" {
-		if _, err := os.Stat(filepath.Join(a, "kubectl")); err == nil {
-			return filepath.Join(a, "kubectl")
+// agentAPIs says where each node's agent serves its local API.
+func agentAPIs(d *demo.Demo) string {
+	var b strings.Builder
+	b.WriteString("Each node's agent API (talkers, stats, blocks, metrics):")
+	for _, n := range d.Nodes {
+		fmt.Fprintf(&b, "\n  %s: curl %s/api/v1/talkers", n.Name, n.API)
+	}
+	return b.String()
+}
+
+// printTables prints what `kubectl get lanmonitors,ipblocks,lanmonitornodes`
+// prints, from the API server's Table rendering (the printer columns of
+// the CRDs), so that the demo needs no kubectl.
+func printTables(ctx context.Context, d *demo.Demo) error {
+	cfg := rest.CopyConfig(d.Config)
+	cfg.GroupVersion = &schema.GroupVersion{Group: "lanmonitor.io", Version: "v1alpha1"}
+	cfg.APIPath = "/apis"
+	cfg.NegotiatedSerializer = scheme.Codecs.WithoutConversion()
+	rc, err := rest.RESTClientFor(cfg)
+	if err != nil {
+		return err
+	}
+	for i, res := range []string{"lanmonitors", "ipblocks", "lanmonitornodes"} {
+		raw, err := rc.Get().Resource(res).SetHeader("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io").Do(ctx).Raw()
+		if err != nil {
+			return fmt.Errorf("%s: %w", res, err)
+		}
+		var table metav1.Table
+		if err := json.Unmarshal(raw, &table); err != nil {
+			return fmt.Errorf("%s: %w", res, err)
+		}
+		if i > 0 {
+			fmt.Println()
+		}
+		if len(table.Rows) == 0 {
+			fmt.Printf("No %s.\n", res)
+			continue
+		}
+		singular := strings.TrimSuffix(res, "s")
+		p := printers.NewTablePrinter(printers.PrintOptions{WithKind: true, Kind: schema.GroupKind{Group: "lanmonitor.io", Kind: singular}})
+		if err := p.PrintObj(&table, os.Stdout); err != nil {
+			return err
 		}
 	}
-	return "kubectl"
+	fmt.Println()
+	return nil
 }

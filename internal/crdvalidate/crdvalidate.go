@@ -18,7 +18,7 @@ import (
 	"k8s.io/apiextensions-apiserver/pkg/apiserver/schema/defaulting"
 	"k8s.io/apiextensions-apiserver/pkg/apiserver/schema/pruning"
 	"k8s.io/apiextensions-apiserver/pkg/apiserver/validation"
-	"k8s.io/apimachinery/pkg/api/validation/path"
+	apimachineryvalidation "k8s.io/apimachinery/pkg/api/validation"
 	metav1validation "k8s.io/apimachinery/pkg/apis/meta/v1/validation"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	celconfig "k8s.io/apiserver/pkg/apis/cel"
@@ -99,7 +99,9 @@ func (v *Validator) Validate(obj map[string]any) field.ErrorList {
 	if name == "" {
 		errs = append(errs, field.Required(field.NewPath("metadata", "name"), "name is required"))
 	} else {
-		for _, msg := range path.IsValidPathSegmentName(name) {
+		// Custom resources' names are DNS subdomains, as the API server's
+		// custom resource strategy checks them.
+		for _, msg := range apimachineryvalidation.NameIsDNSSubdomain(name, false) {
 			errs = append(errs, field.Invalid(field.NewPath("metadata", "name"), name, msg))
 		}
 	}

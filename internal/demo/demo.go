@@ -241,7 +241,7 @@ func (d *Demo) installChart(ctx context.Context) error {
 			n++
 		}
 	}
-	d.o.Logf("applied %d CRDs, service accounts and RBAC objects from charts/lanmonitor", n)
+	d.o.Logf("applied the chart's CRDs, ServiceAccounts and RBAC (%d objects) from charts/lanmonitor", n)
 	// The CRDs must be served before anything uses them.
 	deadline := time.Now().Add(30 * time.Second)
 	for {
