@@ -151,22 +151,14 @@ func rank(ts []TalkerReport, limit int) []TalkerReport {
 }
 
 // rankTalkers is rank(talkerReports(talkers, tr, internal), limit) without
-// building a report for every source first: the talkers are sorted by
-// address and merged with the tracker's entries (sorted the same way) for
-// their rates, the compact keys are sorted, and reports are made for the
-// first limit only.
+// building a report for every source first: each talker's rate is found in
+// the tracker (sorted by address) by binary search, the compact keys are
+// sorted, and reports are made for the first limit only.
 func rankTalkers(talkers []bpf.Talker, tr *rateTracker, internal []netip.Prefix, limit int) []TalkerReport {
-	slices.SortFunc(talkers, func(a, b bpf.Talker) int { return compareAddr(a.Addr, b.Addr) })
 	keys := make([]rankKey, len(talkers))
 	rates := make([]rate, len(talkers))
-	j := 0
 	for i, t := range talkers {
-		for j < len(tr.entries) && compareAddr(tr.entries[j].addr, t.Addr) < 0 {
-			j++
-		}
-		if j < len(tr.entries) && tr.entries[j].addr == t.Addr {
-			rates[i] = tr.entries[j].rate
-		}
+		rates[i] = tr.rateOf(t.Addr)
 		keys[i] = newRankKey(rates[i].bits, t.Bytes, t.Addr, i)
 	}
 	sortRankKeys(keys)
