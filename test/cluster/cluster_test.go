@@ -36,6 +36,7 @@ import (
 	"github.com/lanmonitor/lanmonitor/api/v1alpha1"
 	"github.com/lanmonitor/lanmonitor/hack/cluster/localcluster"
 	"github.com/lanmonitor/lanmonitor/internal/frames"
+	"github.com/lanmonitor/lanmonitor/internal/kubetable"
 	"github.com/lanmonitor/lanmonitor/internal/lab"
 	"github.com/lanmonitor/lanmonitor/internal/privileged"
 )
@@ -400,37 +401,12 @@ func (s *suite) waitFor(timeout time.Duration, what string, cond func() bool) ti
 	return time.Since(t0)
 }
 
-// table runs kubectl get resource and returns its rows as maps from
-// column header to cell (the printer columns of the CRDs).
+// table runs kubectl get and returns its rows as maps from column header
+// to cell (the printer columns of the CRDs), with the raw output.
 func (s *suite) table(args ...string) ([]map[string]string, string) {
 	s.t.Helper()
 	out := s.kubectlRun(append([]string{"get"}, args...)...)
-	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
-	if len(lines) == 0 {
-		return nil, out
-	}
-	header := lines[0]
-	var starts []int
-	for i := range header {
-		if header[i] != ' ' && (i == 0 || header[i-1] == ' ' && (i < 2 || header[i-2] == ' ')) {
-			starts = append(starts, i)
-		}
-	}
-	var rows []map[string]string
-	for _, line := range lines[1:] {
-		row := map[string]string{}
-		for j, st := range starts {
-			end := len(line)
-			if j+1 < len(starts) && starts[j+1] < end {
-				end = starts[j+1]
-			}
-			if st < len(line) {
-				row[strings.TrimSpace(header[st:min(len(header), max(st, end))])] = strings.TrimSpace(line[st:end])
-			}
-		}
-		rows = append(rows, row)
-	}
-	return rows, out
+	return kubetable.Parse(out), out
 }
 
 // buildImages builds the controller and agent images with tag A and the

@@ -26,6 +26,7 @@ import (
 
 	"github.com/lanmonitor/lanmonitor/api/v1alpha1"
 	"github.com/lanmonitor/lanmonitor/internal/demo"
+	"github.com/lanmonitor/lanmonitor/internal/kubetable"
 	"github.com/lanmonitor/lanmonitor/internal/lab"
 	"github.com/lanmonitor/lanmonitor/internal/privileged"
 )
@@ -236,31 +237,8 @@ func (s *suite) kubectl(resource string) []map[string]string {
 	if err != nil {
 		s.t.Fatalf("kubectl get %s: %v\n%s", resource, err, out)
 	}
-	lines := strings.Split(strings.TrimRight(string(out), "\n"), "\n")
-	header := lines[0]
-	// Columns start where the header's words start.
-	var starts []int
-	for i := range header {
-		if header[i] != ' ' && (i == 0 || header[i-1] == ' ' && (i < 2 || header[i-2] == ' ')) {
-			starts = append(starts, i)
-		}
-	}
-	var rows []map[string]string
-	for _, line := range lines[1:] {
-		row := map[string]string{}
-		for j, st := range starts {
-			end := len(line)
-			if j+1 < len(starts) && starts[j+1] < end {
-				end = starts[j+1]
-			}
-			if st < len(line) {
-				row[strings.TrimSpace(header[st:min(len(header), max(st, end))])] = strings.TrimSpace(line[st:end])
-			}
-		}
-		rows = append(rows, row)
-	}
 	s.t.Logf("kubectl get %s:\n%s", resource, out)
-	return rows
+	return kubetable.Parse(string(out))
 }
 
 // parseRate reads "8.3 Mbit/s" into bits per second.
