@@ -17,6 +17,7 @@ type IPBlockSpec struct {
 	// +kubebuilder:validation:MaxItems=1024
 	// +kubebuilder:validation:items:MaxLength=49
 	// +kubebuilder:validation:items:XValidation:rule="isCIDR(self) || isIP(self)",message="must be an IPv4 or IPv6 address or CIDR"
+	// +kubebuilder:validation:items:XValidation:rule="!isCIDR(self) || cidr(self).masked() == cidr(self)",message="must have no bits set after the prefix length (10.0.0.0/8, not 10.0.0.1/8): blocking a whole network by a typo is not what was meant"
 	CIDRs []string `json:"cidrs"`
 
 	// direction is which address of a packet is matched: Source, Destination or Both.

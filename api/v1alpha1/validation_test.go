@@ -72,6 +72,10 @@ func TestValidation(t *testing.T) {
 		obj:  block([]any{"2001:db8::/129"}, nil),
 		want: `IPBlock.lanmonitor.io "bad" is invalid: spec.cidrs[0]: Invalid value: "2001:db8::/129": must be an IPv4 or IPv6 address or CIDR`,
 	}, {
+		name: "host bits set after the prefix length",
+		obj:  block([]any{"198.18.0.1/16"}, nil),
+		want: `IPBlock.lanmonitor.io "bad" is invalid: spec.cidrs[0]: Invalid value: "198.18.0.1/16": must have no bits set after the prefix length (10.0.0.0/8, not 10.0.0.1/8): blocking a whole network by a typo is not what was meant`,
+	}, {
 		name: "empty CIDR list",
 		obj:  block([]any{}, nil),
 		want: `IPBlock.lanmonitor.io "bad" is invalid: spec.cidrs: Invalid value: 0: spec.cidrs in body should have at least 1 items`,
