@@ -2,12 +2,16 @@ package agent
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/lanmonitor/lanmonitor/bpf"
+	"github.com/lanmonitor/lanmonitor/internal/sse"
 )
 
 // Managers gives the API the running managers, in a stable order. The first
@@ -54,6 +58,32 @@ type StatsResponse struct {
 	TrackedSourcesCapacity int    `json:"trackedSourcesCapacity"`
 }
 
+// statsResponse is the API's form of the global counters.
+func statsResponse(s bpf.Stats, tracked, capacity int) StatsResponse {
+	return StatsResponse{
+		Packets: s.Packets, Bytes: s.Bytes, Passed: s.Passed, Dropped: s.Dropped, Malformed: s.Malformed, NonIP: s.NonIP,
+		IPv4: s.IPv4, IPv6: s.IPv6, Fragments: s.Fragments, VLANTagged: s.VLANTagged, Local: s.Local, Snooped: s.Snooped,
+		TrackedSources: tracked, TrackedSourcesCapacity: capacity,
+	}
+}
+
+// InterfacesResponse is GET /api/v1/interfaces.
+type InterfacesResponse struct {
+	Interfaces []InterfaceJSON `json:"interfaces"`
+}
+
+// InterfaceJSON is one monitored interface: the name it was configured
+// with (what ?interface= takes), its current name (it may have been
+// renamed), its state and attachment.
+type InterfaceJSON struct {
+	Name        string  `json:"name"`
+	CurrentName string  `json:"currentName"`
+	State       State   `json:"state"`
+	Message     string  `json:"message"`
+	XDPMode     XDPMode `json:"xdpMode"`
+	Promiscuous bool    `json:"promiscuous"`
+}
+
 // BlocksResponse is GET /api/v1/blocks.
 type BlocksResponse struct {
 	Rules []BlockJSON `json:"rules"`
@@ -75,24 +105,29 @@ type BlockJSON struct {
 //	GET /api/v1/talkers?limit=N[&interface=IF]  sorted by bitsPerSecond, then bytes, descending; limit=0: all; default: topN
 //	GET /api/v1/stats[?interface=IF]
 //	GET /api/v1/blocks[?interface=IF]
+//	GET /api/v1/interfaces                       the monitored interfaces
+//	GET /api/v1/events[?interface=IF][&since=ID] text/event-stream of ReportEvent, one per report
+//	GET /api/v1/history[?interface=IF][&since=ID][&limit=N]  the last ten minutes of ReportEvent
 //	GET /metrics   Prometheus metrics of gatherer
 //	GET /healthz   200 while the process serves
 //	GET /readyz    200 when ready() returns nil, else 503 with its error
 //
-// Errors are JSON objects {"error": "..."} with status 400 (bad query), 404
-// (unknown interface) or 503 (no interface attached yet).
+// Errors are JSON objects {"error": "..."} with status 400 (unknown or bad
+// query parameter, bad Last-Event-ID), 404 (unknown interface), 429 (too
+// many event-stream clients) or 503 (no interface attached yet).
 func NewHandler(managers Managers, gatherer prometheus.Gatherer, ready func() error) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/v1/talkers", func(w http.ResponseWriter, r *http.Request) {
-		m, ok := pick(w, r, managers)
+		m, ok := pick(w, r, managers, "limit")
 		if !ok {
 			return
 		}
-		limit := m.Config().TopN
+		cfg := m.Config()
+		limit := cfg.TopN
 		if s := r.URL.Query().Get("limit"); s != "" {
 			n, err := strconv.Atoi(s)
-			if err != nil || n < 0 {
-				writeError(w, http.StatusBadRequest, fmt.Errorf("limit: %q is not a number >= 0", s))
+			if err != nil || n < 0 || n > int(cfg.MaxTrackedSources) {
+				writeError(w, http.StatusBadRequest, fmt.Errorf("limit: %q is not a number from 0 (all) to %d (the tracked-source capacity)", s, cfg.MaxTrackedSources))
 				return
 			}
 			limit = n
@@ -103,15 +138,7 @@ func NewHandler(managers Managers, gatherer prometheus.Gatherer, ready func() er
 			return
 		}
 		ifname, mode, promisc := m.Attachment()
-		resp := TalkersResponse{Interface: ifname, XDPMode: mode, Promiscuous: promisc, Talkers: make([]TalkerJSON, len(ts))}
-		for i, t := range ts {
-			resp.Talkers[i] = TalkerJSON{
-				Address: t.Address.String(), Internal: t.Internal, Packets: t.Packets, Bytes: t.Bytes,
-				LocalPackets: t.LocalPackets, SnoopedPackets: t.SnoopedPackets,
-				BitsPerSecond: t.BitsPerSecond, PacketsPerSecond: t.PacketsPerSecond,
-			}
-		}
-		writeJSON(w, resp)
+		writeJSON(w, TalkersResponse{Interface: ifname, XDPMode: mode, Promiscuous: promisc, Talkers: talkersJSON(ts)})
 	})
 	mux.HandleFunc("GET /api/v1/stats", func(w http.ResponseWriter, r *http.Request) {
 		m, ok := pick(w, r, managers)
@@ -123,11 +150,7 @@ func NewHandler(managers Managers, gatherer prometheus.Gatherer, ready func() er
 			writeError(w, http.StatusInternalServerError, err)
 			return
 		}
-		writeJSON(w, StatsResponse{
-			Packets: s.Packets, Bytes: s.Bytes, Passed: s.Passed, Dropped: s.Dropped, Malformed: s.Malformed, NonIP: s.NonIP,
-			IPv4: s.IPv4, IPv6: s.IPv6, Fragments: s.Fragments, VLANTagged: s.VLANTagged, Local: s.Local, Snooped: s.Snooped,
-			TrackedSources: tracked, TrackedSourcesCapacity: capacity,
-		})
+		writeJSON(w, statsResponse(s, tracked, capacity))
 	})
 	mux.HandleFunc("GET /api/v1/blocks", func(w http.ResponseWriter, r *http.Request) {
 		m, ok := pick(w, r, managers)
@@ -156,6 +179,29 @@ func NewHandler(managers Managers, gatherer prometheus.Gatherer, ready func() er
 		}
 		writeJSON(w, resp)
 	})
+	mux.HandleFunc("GET /api/v1/interfaces", func(w http.ResponseWriter, r *http.Request) {
+		if err := sse.CheckQuery(r.URL.Query()); err != nil {
+			writeHTTPError(w, err)
+			return
+		}
+		resp := InterfacesResponse{Interfaces: []InterfaceJSON{}}
+		for _, m := range managers() {
+			ifname, mode, promisc := m.Attachment()
+			state, msg := m.State()
+			resp.Interfaces = append(resp.Interfaces, InterfaceJSON{Name: m.Config().Interface, CurrentName: ifname, State: state, Message: msg, XDPMode: mode, Promiscuous: promisc})
+		}
+		writeJSON(w, resp)
+	})
+	mux.HandleFunc("GET /api/v1/events", func(w http.ResponseWriter, r *http.Request) {
+		if m, ok := pick(w, r, managers, "since"); ok {
+			writeHTTPError(w, m.Events().ServeEvents(w, r))
+		}
+	})
+	mux.HandleFunc("GET /api/v1/history", func(w http.ResponseWriter, r *http.Request) {
+		if m, ok := pick(w, r, managers, "since", "limit"); ok {
+			writeHTTPError(w, m.Events().ServeHistory(w, r))
+		}
+	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
@@ -168,8 +214,13 @@ func NewHandler(managers Managers, gatherer prometheus.Gatherer, ready func() er
 	return mux
 }
 
-// pick finds the manager a request names (?interface=), or the first one.
-func pick(w http.ResponseWriter, r *http.Request, managers Managers) (*Manager, bool) {
+// pick finds the manager a request names (?interface=), or the first one,
+// after checking that the query has no parameters but interface and params.
+func pick(w http.ResponseWriter, r *http.Request, managers Managers, params ...string) (*Manager, bool) {
+	if err := sse.CheckQuery(r.URL.Query(), append(params, "interface")...); err != nil {
+		writeHTTPError(w, err)
+		return nil, false
+	}
 	ms := managers()
 	if len(ms) == 0 {
 		writeError(w, http.StatusServiceUnavailable, fmt.Errorf("no interface is monitored yet"))
@@ -200,6 +251,20 @@ func writeJSON(w http.ResponseWriter, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	enc.Encode(v)
+}
+
+// writeHTTPError answers err (nil: nothing) with its sse.HTTPError status,
+// or 500.
+func writeHTTPError(w http.ResponseWriter, err error) {
+	if err == nil {
+		return
+	}
+	status := http.StatusInternalServerError
+	var he *sse.HTTPError
+	if errors.As(err, &he) {
+		status = he.Status
+	}
+	writeError(w, status, err)
 }
 
 func writeError(w http.ResponseWriter, status int, err error) {

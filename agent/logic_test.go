@@ -25,14 +25,14 @@ func TestRatesFromDeltasOverElapsedTime(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	a, b := addr("198.18.0.1"), addr("2001:db8::2")
 	// First read: baseline only, even for counters adopted from a run.
-	r.update(t0, []bpf.Talker{{Addr: a, Packets: 100, Bytes: 100000}}, bpf.Stats{Packets: 100, Bytes: 100000})
+	r.update(t0, []bpf.Talker{{Addr: a, Packets: 100, Bytes: 100000}}, bpf.Stats{Packets: 100, Bytes: 100000}, nil)
 	if r.rateOf(a) != (rate{}) || r.total != (rate{}) {
 		t.Fatalf("first read gave rate %v total %v, want none", r.rateOf(a), r.total)
 	}
 	// 2.5 s later: a sent 50 packets, 62500 bytes; b is new with 10 packets, 1000 bytes.
 	r.update(t0.Add(2500*time.Millisecond),
 		[]bpf.Talker{{Addr: a, Packets: 150, Bytes: 162500}, {Addr: b, Packets: 10, Bytes: 1000}},
-		bpf.Stats{Packets: 160, Bytes: 163500})
+		bpf.Stats{Packets: 160, Bytes: 163500}, []netip.Prefix{netip.MustParsePrefix("198.18.0.0/24")})
 	if got, want := r.rateOf(a), (rate{bits: 200000, packets: 20}); got != want {
 		t.Errorf("rate of a %+v, want %+v", got, want)
 	}
@@ -42,10 +42,14 @@ func TestRatesFromDeltasOverElapsedTime(t *testing.T) {
 	if got, want := r.total, (rate{bits: 203200, packets: 24}); got != want {
 		t.Errorf("total %+v, want %+v", got, want)
 	}
+	// a is inside the internal 198.18.0.0/24, b outside.
+	if got, want := r.split, (splitRates{internal: rate{bits: 200000, packets: 20}, external: rate{bits: 3200, packets: 4}}); got != want {
+		t.Errorf("internal/external split %+v, want %+v", got, want)
+	}
 	// a was evicted and came back with fewer counts: a reset, not a negative rate.
 	r.update(t0.Add(3500*time.Millisecond),
 		[]bpf.Talker{{Addr: a, Packets: 5, Bytes: 500}, {Addr: b, Packets: 10, Bytes: 1000}},
-		bpf.Stats{Packets: 165, Bytes: 164000})
+		bpf.Stats{Packets: 165, Bytes: 164000}, nil)
 	if got, want := r.rateOf(a), (rate{bits: 4000, packets: 5}); got != want {
 		t.Errorf("rate after reset %+v, want %+v", got, want)
 	}
@@ -53,7 +57,7 @@ func TestRatesFromDeltasOverElapsedTime(t *testing.T) {
 		t.Errorf("idle source rate %+v, want 0", got)
 	}
 	// Global counters reset (maps rebuilt).
-	r.update(t0.Add(4500*time.Millisecond), nil, bpf.Stats{Packets: 3, Bytes: 300})
+	r.update(t0.Add(4500*time.Millisecond), nil, bpf.Stats{Packets: 3, Bytes: 300}, nil)
 	if got, want := r.total, (rate{bits: 2400, packets: 3}); got != want {
 		t.Errorf("total after reset %+v, want %+v", got, want)
 	}
@@ -197,12 +201,12 @@ func TestTopTalkersSelection(t *testing.T) {
 	for i := range 300 {
 		talkers = append(talkers, bpf.Talker{Addr: addr(fmt.Sprintf("198.18.%d.%d", i/256, i%256)), Packets: 1, Bytes: uint64(i % 7)})
 	}
-	tr.update(t0, talkers, bpf.Stats{})
+	tr.update(t0, talkers, bpf.Stats{}, nil)
 	for i := range talkers {
 		talkers[i].Bytes += uint64((i * 37) % 11 * 100)
 		talkers[i].Packets++
 	}
-	tr.update(t0.Add(time.Second), talkers, bpf.Stats{})
+	tr.update(t0.Add(time.Second), talkers, bpf.Stats{}, nil)
 	for _, n := range []int{1, 5, 10, 100, 299} {
 		full := rank(talkerReports(talkers, &tr, nil), n)
 		top := topTalkers(slices.Clone(talkers), &tr, nil, n)

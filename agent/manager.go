@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lanmonitor/lanmonitor/bpf"
+	"github.com/lanmonitor/lanmonitor/internal/sse"
 )
 
 // DefaultPinRoot is where pin directories live: <root>/<interface>/.
@@ -35,6 +36,9 @@ type Options struct {
 	MaxRules    uint32
 	// Logger receives lifecycle events and flow samples. Default slog.Default().
 	Logger *slog.Logger
+	// Node names this machine in report events: the Kubernetes node
+	// name, or the host name standalone. Default os.Hostname().
+	Node string
 }
 
 func (o *Options) setDefaults() {
@@ -49,6 +53,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
+	}
+	if o.Node == "" {
+		o.Node, _ = os.Hostname()
 	}
 }
 
@@ -113,6 +120,9 @@ type Manager struct {
 	// changes only with the configuration or the automatic addresses.
 	exempted map[string][]string
 	samples  *ringbuf.Reader
+	// events streams every report to dashboard clients and keeps ten
+	// minutes of them.
+	events *sse.Hub
 
 	// lock is the pin directory, open and flock'ed while this Manager runs,
 	// so that a second agent cannot adopt the pins of a live one.
@@ -158,6 +168,7 @@ func Start(cfg Config, opts Options) (*Manager, error) {
 		opts: opts, log: opts.Logger.With("interface", cfg.Interface), ns: ns,
 		pinDir: filepath.Join(opts.PinRoot, cfg.Interface),
 		cfg:    cfg, ifindex: l.Attrs().Index, ifname: cfg.Interface, stop: make(chan struct{}),
+		events: newEventHub(),
 	}
 	if err := m.start(l); err != nil {
 		ns.close()
@@ -511,7 +522,7 @@ func (m *Manager) readCounters(now time.Time) {
 		m.log.Error("read counters", "error", err)
 		return
 	}
-	m.tracker.update(now, talkers, stats)
+	m.tracker.update(now, talkers, stats, m.internal)
 	r := Report{
 		Interface: m.ifname, Ifindex: m.ifindex, State: m.state, Message: m.message,
 		Time: now, Stats: stats,
@@ -534,8 +545,17 @@ func (m *Manager) readCounters(now time.Time) {
 	if err != nil {
 		m.log.Error("read rule counters", "error", err)
 	}
+	prev := m.last
 	m.last = r
+	// Publish never blocks: a slow dashboard client is dropped, not waited for.
+	if _, err := m.events.Publish(now, reportEvent(m.opts.Node, m.cfg, &prev, &r, m.tracker.split)); err != nil {
+		m.log.Error("publish report event", "error", err)
+	}
 }
+
+// Events is the stream and ten-minute history of this interface's
+// reports (ReportEvent values), for GET /api/v1/events and /api/v1/history.
+func (m *Manager) Events() *sse.Hub { return m.events }
 
 // ruleReports joins the blocks with their counters. Called with m.mu held.
 func (m *Manager) ruleReports() ([]RuleReport, error) {
@@ -747,6 +767,7 @@ func (m *Manager) rebuild() error {
 // Returns every error met, joined.
 func (m *Manager) Close(cleanup bool) error {
 	close(m.stop)
+	m.events.Close()
 	m.mu.Lock()
 	m.samples.Close()
 	m.mu.Unlock()

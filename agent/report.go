@@ -74,6 +74,13 @@ type rateTracker struct {
 	entries []trackEntry
 	stats   bpf.Stats
 	total   rate
+	split   splitRates
+}
+
+// splitRates add up the tracked sources' rates inside and outside the
+// internal CIDRs.
+type splitRates struct {
+	internal, external rate
 }
 
 // trackEntry is one source's counters at the last read and its rate over
@@ -92,13 +99,14 @@ func compareAddr(a, b bpf.Addr) int {
 }
 
 // update takes a new read at now and computes the rates since the previous
-// one; it sorts talkers by address. The first read only sets the baseline:
-// counters adopted from an earlier run carry no information about the
-// current rate.
-func (r *rateTracker) update(now time.Time, talkers []bpf.Talker, stats bpf.Stats) {
+// one, and their sums inside and outside the internal prefixes; it sorts
+// talkers by address. The first read only sets the baseline: counters
+// adopted from an earlier run carry no information about the current rate.
+func (r *rateTracker) update(now time.Time, talkers []bpf.Talker, stats bpf.Stats, internal []netip.Prefix) {
 	slices.SortFunc(talkers, func(a, b bpf.Talker) int { return compareAddr(a.Addr, b.Addr) })
 	elapsed := now.Sub(r.at)
 	next := make([]trackEntry, len(talkers))
+	var split splitRates
 	j := 0
 	for i, t := range talkers {
 		for j < len(r.entries) && compareAddr(r.entries[j].addr, t.Addr) < 0 {
@@ -111,13 +119,21 @@ func (r *rateTracker) update(now time.Time, talkers []bpf.Talker, stats bpf.Stat
 				prevPackets, prevBytes = r.entries[j].packets, r.entries[j].bytes
 			}
 			e.rate = perSecond(t.Bytes-prevBytes, t.Packets-prevPackets, elapsed)
+			if e.rate.packets != 0 { // only active sources cost a lookup
+				side := &split.external
+				if containsAddr(internal, t.Addr.NetIP()) {
+					side = &split.internal
+				}
+				side.bits += e.rate.bits
+				side.packets += e.rate.packets
+			}
 		}
 		next[i] = e
 	}
 	if r.started {
 		r.total = perSecond(delta(stats.Bytes, r.stats.Bytes), delta(stats.Packets, r.stats.Packets), elapsed)
 	}
-	r.at, r.entries, r.stats, r.started = now, next, stats, true
+	r.at, r.entries, r.stats, r.started, r.split = now, next, stats, true, split
 }
 
 // rateOf is a source's rate over the last interval (zero if unknown).
