@@ -4,7 +4,7 @@
 # kubelet-run DaemonSet pod.
 #
 # - Installs Debian's containerd, runc, containernetworking-plugins and
-#   nftables with apt if missing (they stay installed).
+#   nftables with apt if missing (hack/cluster/deps.sh; they stay installed).
 # - Builds kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
 #   kubectl and etcd (hack/tools.sh cluster, cached by version), the cluster
 #   helper (bin/lmcluster), the image builder (bin/lmimages) and the pause
@@ -31,20 +31,7 @@ die() {
 : "${GO:=go}"
 t0=$(date +%s)
 
-# Debian packages of the container runtime (and nft to record the ruleset).
-need=()
-command -v containerd >/dev/null || need+=(containerd)
-command -v runc >/dev/null || need+=(runc)
-[[ -x /usr/lib/cni/loopback ]] || need+=(containernetworking-plugins)
-command -v nft >/dev/null || need+=(nftables)
-if ((${#need[@]})); then
-	log "installing ${need[*]} with apt"
-	export DEBIAN_FRONTEND=noninteractive
-	if ! apt-get install -y --no-install-recommends "${need[@]}" >&2; then
-		apt-get update >&2
-		apt-get install -y --no-install-recommends "${need[@]}" >&2
-	fi
-fi
+hack/cluster/deps.sh
 
 KUBE_DIR="$(hack/tools.sh cluster)"
 "$GO" build -o bin/lmcluster ./hack/cluster

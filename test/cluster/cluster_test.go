@@ -108,6 +108,10 @@ func TestCluster(t *testing.T) {
 		if st, ok := localcluster.Running(); ok || st != nil {
 			t.Fatalf("a cluster of hack/cluster is up (or half up) already: test it with %s=existing (make e2e-cluster), or make cluster-down", EnvMode)
 		}
+		// The cluster's Debian packages first: they stay installed, and
+		// the record must be read with the tools the comparison after
+		// cluster-down reads it with (nft for the ruleset).
+		s.step("cluster packages", func() { s.script("hack/cluster/deps.sh") })
 		var err error
 		if before, err = localcluster.TakeSnapshot(); err != nil {
 			t.Fatalf("recording the host: %v", err)

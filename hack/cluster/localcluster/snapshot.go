@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -57,7 +58,11 @@ type Snapshot struct {
 	// Mounts are "mountpoint fstype source root propagation" for every
 	// mount of the root mount namespace, but other labs' /run/netns ones.
 	Mounts []string `json:"mounts"`
-	// NFT is `nft list ruleset` ("" with NFTError when nft is missing).
+	// NFT is the nf_tables ruleset as `nft list ruleset` prints it (""
+	// for the empty one). It records the kernel's state, not whether the
+	// nft tool is installed: without nft the kernel is asked over netlink
+	// for its tables, and with none the ruleset is "" as well. NFTError
+	// says why the ruleset could not be read ("" when it was).
 	NFT      string `json:"nft"`
 	NFTError string `json:"nftError,omitempty"`
 	// LegacyTables are /proc/net/{ip,ip6,arp}_tables_names.
@@ -264,15 +269,67 @@ func MountPropagation(mountPoint string) (string, error) {
 	return prop, nil
 }
 
+// nftRuleset reads the ruleset for Snapshot.NFT and NFTError with nft,
+// or, when nft is not installed, from the kernel's list of tables.
 func nftRuleset() (string, string) {
-	if _, err := exec.LookPath("nft"); err != nil {
-		return "", "nft not installed"
+	return readRuleset(func() (string, error) {
+		out, err := exec.Command("nft", "list", "ruleset").Output()
+		return string(out), err
+	}, kernelTables)
+}
+
+// readRuleset returns the ruleset and the reason it could not be read
+// ("" when it was). list runs `nft list ruleset` (an error wrapping
+// exec.ErrNotFound when nft is missing); tables lists the kernel's
+// nf_tables tables ("inet filter"). Without nft, a kernel with no tables
+// has the empty ruleset, which nft prints as "": the reading is the same
+// with and without the tool. A kernel with tables but no nft to list their
+// rules gives an NFTError naming the tables.
+func readRuleset(list func() (string, error), tables func() ([]string, error)) (string, string) {
+	out, err := list()
+	if err == nil {
+		return out, ""
 	}
-	out, err := exec.Command("nft", "list", "ruleset").Output()
-	if err != nil {
+	if !errors.Is(err, exec.ErrNotFound) {
 		return "", fmt.Sprintf("nft list ruleset: %v", err)
 	}
-	return string(out), ""
+	ts, err := tables()
+	switch {
+	case err != nil:
+		return "", fmt.Sprintf("nft not installed, and listing the kernel's nf_tables tables failed: %v", err)
+	case len(ts) > 0:
+		return "", fmt.Sprintf("nft not installed to list the rules of the kernel's nf_tables tables %s", strings.Join(ts, ", "))
+	}
+	return "", ""
+}
+
+// nftFamilies names the table families as nft does.
+var nftFamilies = map[nftables.TableFamily]string{
+	nftables.TableFamilyIPv4: "ip", nftables.TableFamilyIPv6: "ip6", nftables.TableFamilyINet: "inet",
+	nftables.TableFamilyARP: "arp", nftables.TableFamilyBridge: "bridge", nftables.TableFamilyNetdev: "netdev",
+}
+
+// kernelTables lists the nf_tables tables of the process's network
+// namespace over netlink ("inet filter", sorted). Needs CAP_NET_ADMIN.
+func kernelTables() ([]string, error) {
+	c, err := nftables.New()
+	if err != nil {
+		return nil, err
+	}
+	ts, err := c.ListTables()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, 0, len(ts))
+	for _, t := range ts {
+		f, ok := nftFamilies[t.Family]
+		if !ok {
+			f = fmt.Sprintf("family%d", t.Family)
+		}
+		out = append(out, f+" "+t.Name)
+	}
+	sort.Strings(out)
+	return out, nil
 }
 
 // listTree lists path recursively ("d 0755 sub/dir", "f 0644 sub/file",
