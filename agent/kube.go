@@ -63,10 +63,13 @@ const retryEvery = 5 * time.Second
 // changed. It needs no leader election: it only ever writes its own node's
 // status.
 func RunKubernetes(ctx context.Context, o KubernetesOptions) error {
-	o.Manager.setDefaults()
 	if o.NodeName == "" {
 		return errors.New("node name: set NODE_NAME (the downward API's spec.nodeName) or --node-name")
 	}
+	if o.Manager.Node == "" {
+		o.Manager.Node = o.NodeName
+	}
+	o.Manager.setDefaults()
 	if err := checkCapabilities(o.Manager.NetNS != ""); err != nil {
 		return err
 	}

@@ -216,3 +216,58 @@ func TestTopTalkersSelection(t *testing.T) {
 		}
 	}
 }
+
+// TestReportEventRatesAndRules: the dashboard's event of a report carries
+// the per-second rates of the global and per-rule counters over the real
+// elapsed time, at most maxEventCIDRs of a rule's CIDRs beside their count,
+// no rule rate across a rule ID change, and no rates at all for the first
+// report (nothing to compare with).
+func TestReportEventRatesAndRules(t *testing.T) {
+	t0 := time.Unix(2000, 0)
+	cidrs := make([]netip.Prefix, 10)
+	for i := range cidrs {
+		cidrs[i] = netip.MustParsePrefix(fmt.Sprintf("198.18.%d.0/24", i))
+	}
+	cfg := Config{ReportInterval: 2 * time.Second, Blocks: []Block{
+		{Name: "scanners", RuleID: 1, Generation: 3, Mode: v1alpha1.BlockModeEnforce, CIDRs: cidrs},
+		{Name: "renumbered", RuleID: 7, Generation: 1, Mode: v1alpha1.BlockModeAudit, CIDRs: cidrs[:1]},
+	}}
+	prev := Report{Time: t0, Stats: bpf.Stats{Local: 100, Snooped: 50, Dropped: 10, Malformed: 2, NonIP: 4},
+		Rules: []RuleReport{{Name: "scanners", RuleID: 1, Matched: 10, Dropped: 10}, {Name: "renumbered", RuleID: 6, Matched: 0}}}
+	cur := Report{Time: t0.Add(2 * time.Second), Interface: "lan0", Ifindex: 4, XDPMode: "native", Promiscuous: true,
+		BitsPerSecond: 8000, PacketsPerSecond: 90,
+		Stats:          bpf.Stats{Packets: 400, Local: 200, Snooped: 150, Dropped: 40, Malformed: 2, NonIP: 8},
+		Rules:          []RuleReport{{Name: "scanners", RuleID: 1, Generation: 3, Matched: 50, Dropped: 40}, {Name: "renumbered", RuleID: 7, Generation: 1, Matched: 9}},
+		TrackedSources: 3, TrackedSourcesCapacity: 65536}
+	split := splitRates{internal: rate{bits: 6000, packets: 60}, external: rate{bits: 2000, packets: 30}}
+	ev := reportEvent("node-a", cfg, &prev, &cur, split)
+
+	wantRates := EventRates{BitsPerSecond: 8000, PacketsPerSecond: 90,
+		InternalBitsPerSecond: 6000, InternalPacketsPerSecond: 60, ExternalBitsPerSecond: 2000, ExternalPacketsPerSecond: 30,
+		LocalPacketsPerSecond: 50, SnoopedPacketsPerSecond: 50, DroppedPacketsPerSecond: 15, MalformedPacketsPerSecond: 0, NonIPPacketsPerSecond: 2}
+	if ev.Rates != wantRates {
+		t.Errorf("rates\n got %+v\nwant %+v", ev.Rates, wantRates)
+	}
+	if ev.Node != "node-a" || ev.Interface != "lan0" || ev.Ifindex != 4 || ev.ElapsedSeconds != 2 || ev.ReportIntervalSeconds != 2 || !ev.Promiscuous {
+		t.Errorf("identity fields %+v", ev)
+	}
+	if ev.Totals.TrackedSources != 3 || ev.Totals.TrackedSourcesCapacity != 65536 || ev.Totals.Packets != 400 {
+		t.Errorf("totals %+v", ev.Totals)
+	}
+	if len(ev.Rules) != 2 {
+		t.Fatalf("rules %+v, want 2", ev.Rules)
+	}
+	s := ev.Rules[0]
+	if s.CIDRCount != 10 || len(s.CIDRs) != maxEventCIDRs || s.CIDRs[0] != "198.18.0.0/24" ||
+		s.MatchedPacketsPerSecond != 20 || s.DroppedPacketsPerSecond != 15 || s.MatchedPackets != 50 || s.DroppedPackets != 40 {
+		t.Errorf("scanners rule %+v", s)
+	}
+	if r := ev.Rules[1]; r.MatchedPacketsPerSecond != 0 || r.MatchedPackets != 9 || r.CIDRCount != 1 {
+		t.Errorf("a rule whose ID changed must have no rate across the change: %+v", r)
+	}
+
+	first := reportEvent("node-a", cfg, &Report{}, &cur, split)
+	if first.Rates != (EventRates{}) || first.ElapsedSeconds != 0 || first.Rules[0].MatchedPacketsPerSecond != 0 {
+		t.Errorf("first report has rates %+v / rule %+v, want none", first.Rates, first.Rules[0])
+	}
+}
