@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -594,9 +595,16 @@ func TestMetricsAndSampling(t *testing.T) {
 		`lanmonitor_tracked_sources{interface="lan0"} 6`,
 		`lanmonitor_tracked_sources_capacity{interface="lan0"} 65536`,
 		`lanmonitor_talker_evictions_total{interface="lan0"} 0`,
+		`lanmonitor_dashboard_clients{interface="lan0"} 0`,
+		`lanmonitor_dashboard_refused_clients_total{interface="lan0"} 0`,
 	} {
 		if !strings.Contains(metrics, want+"\n") {
 			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	for _, family := range []string{"lanmonitor_report_duration_seconds_count", "lanmonitor_dashboard_history_events", "lanmonitor_dashboard_history_bytes"} {
+		if !regexp.MustCompile(`\n` + family + `\{interface="lan0"\} [1-9]`).MatchString(metrics) {
+			t.Errorf("/metrics lacks a positive %s", family)
 		}
 	}
 	if n := strings.Count(metrics, "\nlanmonitor_talker_bits_per_second{"); n != 2 {

@@ -123,6 +123,10 @@ type Manager struct {
 	// events streams every report to dashboard clients and keeps ten
 	// minutes of them.
 	events *sse.Hub
+	// reports and reportTime count the reports taken and the time they
+	// took (reading the maps, ranking, publishing the event).
+	reports    uint64
+	reportTime time.Duration
 
 	// lock is the pin directory, open and flock'ed while this Manager runs,
 	// so that a second agent cannot adopt the pins of a live one.
@@ -512,6 +516,11 @@ func (m *Manager) reattach(l netlink.Link) {
 
 // readCounters takes a report. Called with m.mu held.
 func (m *Manager) readCounters(now time.Time) {
+	start := time.Now()
+	defer func() {
+		m.reports++
+		m.reportTime += time.Since(start)
+	}()
 	talkers, err := m.dp.Talkers()
 	if err != nil {
 		m.log.Error("read talkers", "error", err)
@@ -588,6 +597,15 @@ func (m *Manager) Report() Report {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.last
+}
+
+// ReportTiming returns how many reports this Manager took and the time
+// they took in all (reading the maps, ranking, publishing the event; wall
+// time, monotonic clock).
+func (m *Manager) ReportTiming() (reports uint64, total time.Duration) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.reports, m.reportTime
 }
 
 // Attachment returns the interface's current name, the XDP mode in use

@@ -47,6 +47,12 @@ var (
 	descRuleD    = prometheus.NewDesc("lanmonitor_rule_dropped_packets_total", "Frames the IPBlock dropped.", []string{"interface", "ipblock"}, nil)
 	descRuleE    = prometheus.NewDesc("lanmonitor_rule_exempted_packets_total", "Frames the IPBlock matched but passed because the address is protected.", []string{"interface", "ipblock"}, nil)
 	descTalkBps  = prometheus.NewDesc("lanmonitor_talker_bits_per_second", "Rate of a top-N talker over the last report interval.", []string{"interface", "address", "internal", "rank"}, nil)
+	descReport   = prometheus.NewDesc("lanmonitor_report_duration_seconds", "Time the reports took: reading the maps, ranking the talkers, publishing the dashboard event.", labelsIf, nil)
+	descEvClient = prometheus.NewDesc("lanmonitor_dashboard_clients", "Clients connected to GET /api/v1/events.", labelsIf, nil)
+	descEvBytes  = prometheus.NewDesc("lanmonitor_dashboard_history_bytes", "Bytes of the report events kept for the dashboard (their JSON).", labelsIf, nil)
+	descEvCount  = prometheus.NewDesc("lanmonitor_dashboard_history_events", "Report events kept for the dashboard.", labelsIf, nil)
+	descEvDrop   = prometheus.NewDesc("lanmonitor_dashboard_dropped_clients_total", "Event-stream clients disconnected because they fell behind.", labelsIf, nil)
+	descEvRefuse = prometheus.NewDesc("lanmonitor_dashboard_refused_clients_total", "Event-stream clients refused (429) because too many were connected.", labelsIf, nil)
 	descTalkPps  = prometheus.NewDesc("lanmonitor_talker_packets_per_second", "Packet rate of a top-N talker over the last report interval.", []string{"interface", "address", "internal", "rank"}, nil)
 )
 
@@ -61,7 +67,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range descFrames {
 		ch <- d
 	}
-	for _, d := range []*prometheus.Desc{descAttached, descPromisc, descTracked, descCapacity, descBps, descRuleM, descRuleD, descRuleE, descTalkBps, descTalkPps} {
+	for _, d := range []*prometheus.Desc{descAttached, descPromisc, descTracked, descCapacity, descBps, descRuleM, descRuleD, descRuleE, descTalkBps, descTalkPps, descReport, descEvClient, descEvBytes, descEvCount, descEvDrop, descEvRefuse} {
 		ch <- d
 	}
 }
@@ -90,6 +96,14 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descTracked, prometheus.GaugeValue, float64(r.TrackedSources), ifn)
 		ch <- prometheus.MustNewConstMetric(descCapacity, prometheus.GaugeValue, float64(r.TrackedSourcesCapacity), ifn)
 		ch <- prometheus.MustNewConstMetric(descBps, prometheus.GaugeValue, float64(r.BitsPerSecond), ifn)
+		n, d := m.ReportTiming()
+		ch <- prometheus.MustNewConstSummary(descReport, n, d.Seconds(), nil, ifn)
+		es := m.Events().Stats()
+		ch <- prometheus.MustNewConstMetric(descEvClient, prometheus.GaugeValue, float64(es.Clients), ifn)
+		ch <- prometheus.MustNewConstMetric(descEvBytes, prometheus.GaugeValue, float64(es.HistoryBytes), ifn)
+		ch <- prometheus.MustNewConstMetric(descEvCount, prometheus.GaugeValue, float64(es.HistoryEvents), ifn)
+		ch <- prometheus.MustNewConstMetric(descEvDrop, prometheus.CounterValue, float64(es.DroppedClients), ifn)
+		ch <- prometheus.MustNewConstMetric(descEvRefuse, prometheus.CounterValue, float64(es.RefusedClients), ifn)
 		for _, rr := range r.Rules {
 			ch <- prometheus.MustNewConstMetric(descRuleM, prometheus.CounterValue, float64(rr.Matched), ifn, rr.Name)
 			ch <- prometheus.MustNewConstMetric(descRuleD, prometheus.CounterValue, float64(rr.Dropped), ifn, rr.Name)
