@@ -12,6 +12,7 @@ import (
 
 	"github.com/lanmonitor/lanmonitor/bpf"
 	"github.com/lanmonitor/lanmonitor/internal/sse"
+	"github.com/lanmonitor/lanmonitor/internal/webui"
 )
 
 // Managers gives the API the running managers, in a stable order. The first
@@ -111,6 +112,7 @@ type BlockJSON struct {
 //	GET /metrics   Prometheus metrics of gatherer
 //	GET /healthz   200 while the process serves
 //	GET /readyz    200 when ready() returns nil, else 503 with its error
+//	GET /          the dashboard (internal/webui), its files under /ui/
 //
 // Errors are JSON objects {"error": "..."} with status 400 (unknown or bad
 // query parameter, bad Last-Event-ID), 404 (unknown interface), 429 (too
@@ -202,6 +204,7 @@ func NewHandler(managers Managers, gatherer prometheus.Gatherer, ready func() er
 			writeHTTPError(w, m.Events().ServeHistory(w, r))
 		}
 	})
+	mux.Handle("GET /", webui.Agent())
 	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {

@@ -16,13 +16,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/chromedp/cdproto/emulation"
-	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
 
 	"github.com/lanmonitor/lanmonitor/internal/privileged"
@@ -39,9 +37,7 @@ type Browser struct {
 	ctx context.Context
 
 	mu       sync.Mutex
-	urls     map[network.RequestID]string
-	encoded  map[string]float64 // URL -> bytes received (DevTools encodedDataLength), finished loads
-	messages []string           // console messages, exceptions and browser log entries
+	messages []string // console messages, exceptions and browser log entries
 }
 
 // ExecPath returns the browser binary to use, or "" when there is none.
@@ -83,22 +79,11 @@ func New(t testing.TB) *Browser {
 	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
 	ctx, cancel := chromedp.NewContext(actx)
 	t.Cleanup(func() { cancel(); cancelAlloc() })
-	b := &Browser{t: t, ctx: ctx, urls: map[network.RequestID]string{}, encoded: map[string]float64{}}
-	if _, err := chromedp.Call(ctx, network.Enable, network.EnableParams{}); err != nil {
+	b := &Browser{t: t, ctx: ctx}
+	// The Network domain stays off: capturing response bodies for DevTools
+	// would slow the page down (Resources measures transfers instead).
+	if err := chromedp.Do(ctx, chromedp.Navigate("about:blank")); err != nil {
 		t.Fatalf("start %s: %v", path, err)
-	}
-	err := chromedp.Listen(ctx, func(ev any) {
-		b.mu.Lock()
-		defer b.mu.Unlock()
-		switch ev := ev.(type) {
-		case *network.EventRequestWillBeSent:
-			b.urls[ev.RequestID] = ev.Request.URL
-		case *network.EventLoadingFinished:
-			b.encoded[b.urls[ev.RequestID]] += ev.EncodedDataLength
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
 	go func() {
 		for m, err := range chromedp.Console(ctx) {
@@ -111,6 +96,12 @@ func New(t testing.TB) *Browser {
 		}
 	}()
 	return b
+}
+
+// Navigate loads url in the tab and waits for its load event.
+func (b *Browser) Navigate(url string) {
+	b.t.Helper()
+	b.Do(chromedp.Navigate(url))
 }
 
 // Context is the tab's chromedp context, for actions this package lacks.
@@ -193,11 +184,18 @@ func (b *Browser) Press(sel, keys string) {
 	b.Do(chromedp.Focus(chromedp.CSS(sel)), chromedp.KeyEvent(keys))
 }
 
-// Type sets the value of the input matching sel to s and fires its input
-// event, as typing does.
+// Type empties the input matching sel and types s into it with the
+// keyboard, key by key.
 func (b *Browser) Type(sel, s string) {
 	b.t.Helper()
-	Eval[bool](b, fmt.Sprintf(`(e => { e.focus(); e.value = %q; e.dispatchEvent(new Event("input", {bubbles: true})); return true })(document.querySelector(%q))`, s, sel))
+	b.Do(chromedp.Clear(chromedp.CSS(sel)), chromedp.SendKeys(chromedp.CSS(sel), s))
+}
+
+// Select chooses the option of value in the select element matching sel
+// and fires its change event, as choosing it does.
+func (b *Browser) Select(sel, value string) {
+	b.t.Helper()
+	Eval[bool](b, fmt.Sprintf(`(e => { e.value = %q; e.dispatchEvent(new Event("change", {bubbles: true})); return e.value === %[1]q })(document.querySelector(%q))`, value, sel))
 }
 
 // ColorScheme emulates prefers-color-scheme ("light" or "dark").
@@ -236,21 +234,24 @@ func (b *Browser) Screenshot(path string) {
 	}
 }
 
-// Transferred returns the bytes received (DevTools encodedDataLength:
-// headers and body as sent, compressed) for every finished load whose URL
-// contains part, summed, and the URLs.
-func (b *Browser) Transferred(part string) (float64, []string) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	var sum float64
-	var urls []string
-	for u, n := range b.encoded {
-		if strings.Contains(u, part) {
-			sum += n
-			urls = append(urls, u)
-		}
-	}
-	return sum, urls
+// Resource is a load of the page as Resource Timing (W3C) reports it:
+// its URL, what started it, and its sizes in bytes: TransferSize with the
+// response's headers as received (compressed), EncodedBody the body as
+// received, DecodedBody after decompression.
+type Resource struct {
+	URL          string  `json:"name"`
+	Initiator    string  `json:"initiatorType"`
+	TransferSize float64 `json:"transferSize"`
+	EncodedBody  float64 `json:"encodedBodySize"`
+	DecodedBody  float64 `json:"decodedBodySize"`
+}
+
+// Resources returns the current document and every resource it loaded
+// so far (navigation and resource entries of Resource Timing), in the
+// order they started.
+func (b *Browser) Resources() []Resource {
+	b.t.Helper()
+	return Eval[[]Resource](b, `[...performance.getEntriesByType("navigation"), ...performance.getEntriesByType("resource")].map(e => e.toJSON())`)
 }
 
 // Messages returns the console messages, uncaught exceptions and browser

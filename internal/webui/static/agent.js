@@ -58,30 +58,26 @@
     stream.start();
   }
 
-  // interfaces shows the selector when the agent monitors more than one.
-  async function interfaces() {
-    const want = new URLSearchParams(location.search).get("interface") || "";
+  // interfaces shows the selector when the agent monitors more than one;
+  // current is the one shown ("": the agent's default, its first).
+  async function interfaces(current) {
     try {
       const r = await fetch("api/v1/interfaces");
-      if (r.ok) {
-        const names = (await r.json()).interfaces.map((i) => i.name);
-        if (names.length > 1) {
-          const sel = $("#iface");
-          sel.replaceChildren(...names.map((n) => el("option", { value: n, selected: n === want }, n)));
-          $("#iface-box").hidden = false;
-          sel.addEventListener("change", () => {
-            const u = new URL(location.href);
-            u.searchParams.set("interface", sel.value);
-            history.replaceState(null, "", u);
-            connect(sel.value);
-          });
-          return names.includes(want) ? want : names[0];
-        }
-      }
+      if (!r.ok) return;
+      const names = (await r.json()).interfaces.map((i) => i.name);
+      if (names.length < 2) return;
+      const sel = $("#iface");
+      sel.replaceChildren(...names.map((n) => el("option", { value: n, selected: n === (current || names[0]) }, n)));
+      $("#iface-box").hidden = false;
+      sel.addEventListener("change", () => {
+        const u = new URL(location.href);
+        u.searchParams.set("interface", sel.value);
+        history.replaceState(null, "", u);
+        connect(sel.value);
+      });
     } catch {
       // The stream's own errors say what is wrong.
     }
-    return want;
   }
 
   function draw() {
@@ -201,5 +197,9 @@
     $("#blocks-empty").hidden = e.rules.length > 0;
   }
 
-  interfaces().then(connect);
+  // The history is asked for at once (the page preloads it), the
+  // interfaces meanwhile.
+  const want = new URLSearchParams(location.search).get("interface") || "";
+  connect(want);
+  interfaces(want);
 })();

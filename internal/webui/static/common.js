@@ -296,8 +296,9 @@ const LM = (() => {
   // replace: they are the whole history. onState(state, message): state
   // is connecting, live, reconnecting, paused or refused.
   //
-  // For tests and measurements, document.body carries
-  // data-last-event-id and data-events-received (distinct IDs), and
+  // #events-received shows how many distinct events the page has (the
+  // history's and the stream's). For tests and measurements,
+  // document.body carries data-last-event-id, and
   // window.lmReceived holds [{id, arrivedMs}] of the events received from
   // the stream (the newest 10,000).
   class Stream {
@@ -330,7 +331,7 @@ const LM = (() => {
       this.lastId = id;
       this.received++;
       document.body.dataset.lastEventId = String(id);
-      document.body.dataset.eventsReceived = String(this.received);
+      put($("#events-received"), count(this.received), this.received);
     }
     async start() {
       const gen = ++this.gen;
@@ -488,12 +489,13 @@ const LM = (() => {
     latest() {
       return this.events[this.events.length - 1];
     }
-    // window returns the events of the last seconds, and its range.
+    // window returns the events of the last seconds (later than the
+    // newest's time minus seconds), and its range.
     window(seconds) {
       const last = this.latest();
       if (!last) return { evs: [], from: 0, to: 0 };
       const from = last.t - seconds;
-      return { evs: this.events.filter((e) => e.t >= from), from, to: last.t };
+      return { evs: this.events.filter((e) => e.t > from), from, to: last.t };
     }
   }
 
