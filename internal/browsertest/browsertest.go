@@ -17,10 +17,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/cdproto/emulation"
+	"github.com/chromedp/cdproto/fetch"
+	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
 
 	"github.com/lanmonitor/lanmonitor/internal/privileged"
@@ -184,11 +188,14 @@ func (b *Browser) Press(sel, keys string) {
 	b.Do(chromedp.Focus(chromedp.CSS(sel)), chromedp.KeyEvent(keys))
 }
 
-// Type empties the input matching sel and types s into it with the
-// keyboard, key by key.
+// Type empties the input matching sel (firing its input event) and types
+// s into it with the keyboard, key by key.
 func (b *Browser) Type(sel, s string) {
 	b.t.Helper()
-	b.Do(chromedp.Clear(chromedp.CSS(sel)), chromedp.SendKeys(chromedp.CSS(sel), s))
+	Eval[bool](b, fmt.Sprintf(`(e => { e.value = ""; e.dispatchEvent(new Event("input", {bubbles: true})); return true })(document.querySelector(%q))`, sel))
+	if s != "" {
+		b.Do(chromedp.SendKeys(chromedp.CSS(sel), s))
+	}
 }
 
 // Select chooses the option of value in the select element matching sel
@@ -252,6 +259,49 @@ type Resource struct {
 func (b *Browser) Resources() []Resource {
 	b.t.Helper()
 	return Eval[[]Resource](b, `[...performance.getEntriesByType("navigation"), ...performance.getEntriesByType("resource")].map(e => e.toJSON())`)
+}
+
+// Block makes the tab's requests whose URL matches pattern (a DevTools
+// Fetch pattern: * any characters, ? one) fail as if the server refused
+// the connection (net::ERR_CONNECTION_REFUSED), until the returned
+// function is called; from then on they go through again. Requests
+// already answered (an open event stream) are not affected.
+func (b *Browser) Block(pattern string) (unblock func()) {
+	b.t.Helper()
+	ctx, cancel := context.WithCancel(b.ctx)
+	var blocked atomic.Bool
+	blocked.Store(true)
+	paused := chromedp.Events(ctx, fetch.RequestPaused)
+	if _, err := chromedp.Call(b.ctx, fetch.Enable, fetch.EnableParams{Patterns: []*fetch.RequestPattern{{URLPattern: pattern}}}); err != nil {
+		b.t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ev, err := range paused {
+			if err != nil {
+				return
+			}
+			if blocked.Load() {
+				chromedp.Call(b.ctx, fetch.FailRequest, fetch.FailRequestParams{RequestID: ev.RequestID, ErrorReason: network.ErrorReasonConnectionRefused})
+			} else {
+				chromedp.Call(b.ctx, fetch.ContinueRequest, fetch.ContinueRequestParams{RequestID: ev.RequestID})
+			}
+		}
+	}()
+	var once sync.Once
+	unblock = func() {
+		once.Do(func() {
+			blocked.Store(false)
+			if _, err := chromedp.Call(b.ctx, fetch.Disable, cdp.Empty{}); err != nil {
+				b.t.Errorf("unblock %s: %v", pattern, err)
+			}
+			cancel()
+			<-done
+		})
+	}
+	b.t.Cleanup(unblock)
+	return unblock
 }
 
 // Messages returns the console messages, uncaught exceptions and browser

@@ -101,7 +101,8 @@
 
   function status(e) {
     const t = e.totals, r = e.rates;
-    put($("#state"), e.state + (e.message ? ": " + e.message : ""), e.state);
+    // Attached's message is the mode's reason, shown with the mode.
+    put($("#state"), e.state + (e.message && e.message !== e.xdpModeReason ? ": " + e.message : ""), e.state);
     put($("#xdp-mode"), (e.xdpMode || "–") + (e.xdpModeReason ? " (" + e.xdpModeReason + ")" : ""), e.xdpMode);
     put($("#promisc"), e.promiscuous ? "yes" : "no", e.promiscuous);
     const full = t.trackedSourcesCapacity > 0 ? t.trackedSources / t.trackedSourcesCapacity : 0;

@@ -220,13 +220,23 @@ const LM = (() => {
       if (this.u) this.u.destroy();
       const fg = css("--muted"), grid = css("--grid");
       const axis = { stroke: fg, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 } };
+      // Ticks are round: 4 Mbit/s rather than 4.00 Mbit/s.
+      const tick = (v) => this.fmt(v).replace(/\.0+(?= )/, "").replace(/(\.\d*?[1-9])0+(?= )/, "$1");
+      // The legend shows the values under the cursor, else the latest.
+      const latest = (u, si) => u.data[si][u.data[si].length - 1];
       this.u = new uPlot(
         {
           width: this.width(),
           height: this.height,
           scales: { x: { time: true, range: (u, min, max) => this.range || [min, max] }, y: { range: (u, min, max) => [0, Math.max(max || 0, 1) * 1.1] } },
-          axes: [axis, { ...axis, size: 80, values: (u, vals) => vals.map(this.fmt) }],
-          series: [{ value: (u, v) => (v == null ? "–" : clock(v * 1000)) }, ...this.series.map((s) => ({ label: s.label, stroke: css(s.color), width: 2, spanGaps: false, value: (u, v) => this.fmt(v) }))],
+          axes: [
+            { ...axis, space: 70, values: (u, splits) => splits.map((v) => clock(v * 1000)) },
+            { ...axis, size: (u, vals) => (vals ? Math.max(...vals.map((v) => v.length)) : 6) * 7 + 20, values: (u, vals) => vals.map(tick) },
+          ],
+          series: [
+            { label: "Time", value: (u, v, si, i) => (i == null ? (u.data[0].length ? "latest" : "–") : clock(v * 1000)) },
+            ...this.series.map((s) => ({ label: s.label, stroke: css(s.color), width: 2, spanGaps: false, value: (u, v, si, i) => this.fmt(i == null ? latest(u, si) : v) })),
+          ],
           cursor: { drag: { x: false, y: false } },
           legend: { live: true },
         },
@@ -298,9 +308,9 @@ const LM = (() => {
   //
   // #events-received shows how many distinct events the page has (the
   // history's and the stream's). For tests and measurements,
-  // document.body carries data-last-event-id, and
-  // window.lmReceived holds [{id, arrivedMs}] of the events received from
-  // the stream (the newest 10,000).
+  // document.body carries data-last-event-id, and window.lmReceived holds
+  // [{id, arrivedMs, live}] of the events received (the newest 10,000),
+  // live for those of the stream (the others came in the history).
   class Stream {
     constructor(query, onEvents, onState) {
       this.query = query; // URLSearchParams of both requests (interface)
@@ -327,9 +337,11 @@ const LM = (() => {
       alert(msg);
       this.onState(s);
     }
-    note(id) {
+    note(id, live) {
       this.lastId = id;
       this.received++;
+      window.lmReceived.push({ id, arrivedMs: Date.now(), live });
+      if (window.lmReceived.length > 10000) window.lmReceived.splice(0, 1000);
       document.body.dataset.lastEventId = String(id);
       put($("#events-received"), count(this.received), this.received);
     }
@@ -349,7 +361,8 @@ const LM = (() => {
       }
       if (gen !== this.gen) return;
       this.received = 0;
-      for (const ev of h.events) this.note(ev.id);
+      window.lmReceived = [];
+      for (const ev of h.events) this.note(ev.id, false);
       this.lastId = h.lastId;
       document.body.dataset.lastEventId = String(h.lastId);
       this.onEvents(h.events, true);
@@ -366,9 +379,7 @@ const LM = (() => {
       es.onmessage = (m) => {
         const id = Number(m.lastEventId);
         if (!(id > this.lastId)) return; // a replay of what the history had
-        this.note(id);
-        window.lmReceived.push({ id, arrivedMs: Date.now() });
-        if (window.lmReceived.length > 10000) window.lmReceived.splice(0, 1000);
+        this.note(id, true);
         this.onEvents([{ id, data: JSON.parse(m.data) }], false);
       };
       es.onerror = () => {
@@ -490,12 +501,14 @@ const LM = (() => {
       return this.events[this.events.length - 1];
     }
     // window returns the events of the last seconds (later than the
-    // newest's time minus seconds), and its range.
+    // newest's time minus seconds) and the range to draw them over: the
+    // window, or from the first of them when the history is shorter.
     window(seconds) {
       const last = this.latest();
       if (!last) return { evs: [], from: 0, to: 0 };
-      const from = last.t - seconds;
-      return { evs: this.events.filter((e) => e.t > from), from, to: last.t };
+      const start = last.t - seconds;
+      const evs = this.events.filter((e) => e.t > start);
+      return { evs, from: evs.length > 1 ? Math.max(start, evs[0].t) : start, to: last.t };
     }
   }
 
