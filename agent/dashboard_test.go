@@ -63,10 +63,10 @@ func TestDashboard(t *testing.T) {
 		t.Errorf("top talker %q, want %s", got, heavy)
 	}
 	want := map[string]string{
-		`#talkers tbody tr:first-child td[data-col="kind"]`: "internal",
-		talkerCell(heavy, "bytes"):                        "254 KiB", // 250 frames of 1,042 bytes
-		talkerCell(heavy, "localShare"):                   "100.0% / 0.0%",
-		talkerCell(blockedSrc, "packets"):                 strconv.Itoa(nBlocked),
+		`#talkers tbody tr:first-child td[data-col="kind"]`:               "internal",
+		talkerCell(heavy, "bytes"):                                        "254 KiB", // 250 frames of 1,042 bytes
+		talkerCell(heavy, "localShare"):                                   "100.0% / 0.0%",
+		talkerCell(blockedSrc, "packets"):                                 strconv.Itoa(nBlocked),
 		`#blocks tbody tr[data-block="blocked"] td[data-col="matched"]`:   strconv.Itoa(nBlocked),
 		`#blocks tbody tr[data-block="blocked"] td[data-col="mode"]`:      "Enforce",
 		`#blocks tbody tr[data-block="blocked"] td[data-col="cidrCount"]`: "1",
