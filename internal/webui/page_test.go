@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -140,6 +142,165 @@ func TestAgentPageFullHistory(t *testing.T) {
 		}
 	}
 	t.Logf("transferred: the page and its files %.1f KiB (compressed, with headers), the API %.1f KiB", page/1024, api/1024)
+	if msgs := b.Messages(); len(msgs) > 0 {
+		t.Errorf("console: %q", msgs)
+	}
+}
+
+// clusterEvent is the controller's roll-up as the cluster page reads it
+// (the fields listed in static/cluster.js).
+type clusterEvent struct {
+	Time   time.Time     `json:"time"`
+	Nodes  []clusterNode `json:"nodes"`
+	Totals struct {
+		BitsPerSecond    uint64 `json:"bitsPerSecond"`
+		PacketsPerSecond uint64 `json:"packetsPerSecond"`
+		DroppedPackets   uint64 `json:"droppedPackets"`
+	} `json:"totals"`
+	TopTalkers  []clusterTalker  `json:"topTalkers"`
+	IPBlocks    []clusterBlock   `json:"ipBlocks"`
+	LanMonitors []clusterMonitor `json:"lanMonitors"`
+}
+
+type clusterRates struct {
+	BitsPerSecond    uint64 `json:"bitsPerSecond"`
+	PacketsPerSecond uint64 `json:"packetsPerSecond"`
+}
+
+type clusterNode struct {
+	Node                 string       `json:"node"`
+	Attached             bool         `json:"attached"`
+	XDPMode              string       `json:"xdpMode"`
+	Rates                clusterRates `json:"rates"`
+	TopTalker            string       `json:"topTalker"`
+	TrackedSources       int          `json:"trackedSources"`
+	Capacity             int          `json:"capacity"`
+	LastReportAgeSeconds float64      `json:"lastReportAgeSeconds"`
+}
+
+type clusterTalker struct {
+	agent.TalkerJSON
+	Node string `json:"node"`
+}
+
+type clusterBlock struct {
+	Name           string            `json:"name"`
+	Mode           string            `json:"mode"`
+	Enforced       int               `json:"enforced"`
+	CIDRCount      int               `json:"cidrCount"`
+	DroppedPackets uint64            `json:"droppedPackets"`
+	PerNode        []clusterEnforced `json:"perNode"`
+}
+
+type clusterEnforced struct {
+	Node           string `json:"node"`
+	Enforced       bool   `json:"enforced"`
+	Generation     int64  `json:"generation"`
+	DroppedPackets uint64 `json:"droppedPackets"`
+}
+
+type clusterMonitor struct {
+	Name       string `json:"name"`
+	Conditions []struct {
+		Type    string `json:"type"`
+		Status  string `json:"status"`
+		Reason  string `json:"reason"`
+		Message string `json:"message"`
+	} `json:"conditions"`
+}
+
+// rollup is the i-th roll-up of three nodes, node3 not attached.
+func rollup(t time.Time, i int) clusterEvent {
+	ev := clusterEvent{Time: t}
+	for k, name := range []string{"node1", "node2", "node3"} {
+		n := clusterNode{Node: name, Attached: k < 2, XDPMode: "Native", TopTalker: "198.18.0.21", TrackedSources: 9, Capacity: 65536, LastReportAgeSeconds: 0.4}
+		if n.Attached {
+			n.Rates = clusterRates{BitsPerSecond: 10_700_000 + uint64(i%20)*50_000, PacketsPerSecond: 1400}
+			ev.Totals.BitsPerSecond += n.Rates.BitsPerSecond
+			ev.Totals.PacketsPerSecond += n.Rates.PacketsPerSecond
+		} else {
+			n.XDPMode, n.TopTalker, n.TrackedSources, n.LastReportAgeSeconds = "", "", 0, 75
+		}
+		ev.Nodes = append(ev.Nodes, n)
+	}
+	for k, addr := range []string{"198.18.0.21", "198.18.0.22", "2001:db8::22", "198.19.0.7"} {
+		pps := uint64(1000 / (k + 1))
+		ev.TopTalkers = append(ev.TopTalkers, clusterTalker{TalkerJSON: agent.TalkerJSON{
+			Address: addr, Internal: k < 3, Packets: pps * uint64(i), Bytes: 1042 * pps * uint64(i), BitsPerSecond: 8 * 1042 * pps, PacketsPerSecond: pps,
+		}, Node: fmt.Sprintf("node%d", k%2+1)})
+	}
+	b := clusterBlock{Name: "noisy-hosts", Mode: "Enforce", Enforced: 2, CIDRCount: 2}
+	for k, name := range []string{"node1", "node2", "node3"} {
+		p := clusterEnforced{Node: name, Enforced: k < 2, Generation: 1}
+		if p.Enforced {
+			p.DroppedPackets = uint64(10 * i * (k + 1))
+		}
+		b.DroppedPackets += p.DroppedPackets
+		b.PerNode = append(b.PerNode, p)
+	}
+	ev.IPBlocks = []clusterBlock{b}
+	ev.Totals.DroppedPackets = b.DroppedPackets
+	m := clusterMonitor{Name: "lan"}
+	m.Conditions = append(m.Conditions, struct {
+		Type    string `json:"type"`
+		Status  string `json:"status"`
+		Reason  string `json:"reason"`
+		Message string `json:"message"`
+	}{"Ready", "False", "NodesNotReady", "2 of 3 nodes attached: node3: interface lan0 not found"})
+	ev.LanMonitors = []clusterMonitor{m}
+	return ev
+}
+
+// TestClusterPage: the controller's page draws the cluster roll-ups of
+// its history, then follows the stream.
+func TestClusterPage(t *testing.T) {
+	b := browsertest.New(t)
+	hub := sse.NewHub(sse.Options{MaxAge: 10 * time.Minute})
+	now := time.Now().Add(-time.Second)
+	for i := range 40 {
+		at := now.Add(time.Duration(i-39) * time.Second)
+		if _, err := hub.Publish(at, rollup(at, i+1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srv := serve(t, webui.Cluster(), hub)
+	b.Navigate(srv.URL + "/")
+	b.WaitText("#conn", "live", 10*time.Second)
+	b.WaitText("#events-received", "40", 5*time.Second)
+	for sel, want := range map[string]string{
+		"#nodes-ready":                     "2 of 3",
+		"#rate-bits":                       "21.4 Mbit/s", // 2 · 10.7 Mbit/s
+		"#dropped":                         "1,200",       // 10·40 + 20·40
+		"#tracked":                         "18 on 3 nodes",
+		"#talkers tbody tr:first-child th": "198.18.0.21",
+		`#talkers tbody tr[data-addr="198.18.0.21"] td[data-col="packets"]`:        "40,000",
+		`#talkers tbody tr[data-addr="198.18.0.21"] td[data-col="node"]`:           "node1",
+		`#talkers tbody tr[data-addr="198.19.0.7"] td[data-col="kind"]`:            "external",
+		`#nodes tbody tr[data-node="node3"] td[data-col="attached"]`:               "no",
+		`#nodes tbody tr[data-node="node3"] td[data-col="lastReport"]`:             "1 min 15 s ago",
+		`#nodes tbody tr[data-node="node1"] td[data-col="trackedSources"]`:         "9 of 65,536",
+		`#blocks tbody tr[data-block="noisy-hosts"] td[data-col="enforced"]`:       "2 of 3",
+		`#blocks tbody tr[data-block="noisy-hosts"] td[data-col="droppedPackets"]`: "1,200",
+		`#enforcement tbody tr[data-node="node2"] td[data-col="droppedPackets"]`:   "800",
+		`#enforcement tbody tr[data-node="node3"] td[data-col="enforced"]`:         "no",
+		`#monitors tbody tr[data-monitor="lan"] li[data-type="Ready"]`:             "Ready: False (NodesNotReady) 2 of 3 nodes attached: node3: interface lan0 not found",
+	} {
+		if got := b.Text(sel); got != want {
+			t.Errorf("%s: %q, want %q", sel, got, want)
+		}
+	}
+	if got := b.Attr("#chart-bits", "data-points"); got != "40" {
+		t.Errorf("bits chart: %s points, want 40", got)
+	}
+	at := time.Now()
+	if _, err := hub.Publish(at, rollup(at, 41)); err != nil {
+		t.Fatal(err)
+	}
+	b.WaitText(`#talkers tbody tr[data-addr="198.18.0.21"] td[data-col="packets"]`, "41,000", 5*time.Second)
+	b.WaitText("#events-received", "41", 5*time.Second)
+	if shots := os.Getenv("LANMONITOR_SCREENSHOTS"); shots != "" {
+		b.Screenshot(filepath.Join(shots, "cluster.png"))
+	}
 	if msgs := b.Messages(); len(msgs) > 0 {
 		t.Errorf("console: %q", msgs)
 	}

@@ -1,20 +1,15 @@
 // cluster.js: the controller's dashboard. Its events (GET api/v1/events)
-// are the cluster roll-up:
+// are the cluster roll-up (ClusterEvent, controllers/dashboard.go):
 //   time (RFC 3339)
-//   nodes[{name, monitor, interface, attached, state, xdpMode,
-//     bitsPerSecond, packetsPerSecond, topTalker, topTalkerBitsPerSecond,
-//     trackedSources, trackedSourcesCapacity, lastReport,
-//     lastReportAgeSeconds}]
-//   totals{nodes, nodesReady, bitsPerSecond, packetsPerSecond, packets,
-//     bytes, droppedPackets, malformedPackets, nonIPPackets, trackedSources}
-//   topTalkers[{address, internal, packets, bytes, bitsPerSecond,
-//     packetsPerSecond, node}]
-//   ipBlocks[{name, mode, direction, cidrCount, expiresAt (optional),
-//     conditions[{type, status, reason, message}], nodes{desired, enforced},
-//     matchedPackets, droppedPackets,
-//     perNode[{node, enforced, generation, matchedPackets, droppedPackets}]}]
-//   lanMonitors[{name, interface, nodes{desired, ready},
-//     conditions[{type, status, reason, message}]}]
+//   nodes[{node, attached, xdpMode, rates{bitsPerSecond, packetsPerSecond},
+//     topTalker, trackedSources, capacity, lastReportAgeSeconds}]
+//   totals{bitsPerSecond, packetsPerSecond, droppedPackets}
+//   topTalkers[{address, internal, bitsPerSecond, packetsPerSecond,
+//     packets, bytes, node (the node that saw the most of it)}]
+//   ipBlocks[{name, mode, enforced, cidrCount, droppedPackets,
+//     perNode[{node, enforced, generation, droppedPackets}]}]
+//   lanMonitors[{name, conditions[{type, status, reason, message}]}]
+// Rates are bits and packets per second, counters packets and bytes.
 "use strict";
 
 (() => {
@@ -36,6 +31,11 @@
     el("li", { class: c.status === "True" ? "ok" : "warn", dataset: { type: c.type, status: c.status } },
       c.type + ": " + c.status + (c.reason ? " (" + c.reason + ")" : "") + (c.message ? " " + c.message : ""))));
   const row = (key, name, ...cells) => el("tr", { dataset: key }, el("th", { scope: "row" }, name), ...cells);
+  // A node's top talker: an address, or {address, bitsPerSecond}.
+  const talker = (t) => (!t ? "–" : typeof t === "string" ? t : t.address + (t.bitsPerSecond != null ? " (" + bits(t.bitsPerSecond) + ")" : ""));
+  // An IPBlock's enforcement: a number of nodes (of those listed per
+  // node), or yes/no.
+  const enforced = (b) => (typeof b.enforced === "number" ? count(b.enforced) + " of " + count((b.perNode || []).length) : yesNo(b.enforced));
 
   function draw() {
     const last = hist.latest();
@@ -43,68 +43,61 @@
       $("#talkers-empty").hidden = false;
       return;
     }
-    const e = last.d, t = e.totals;
+    const e = last.d, t = e.totals || {};
+    const nodes = e.nodes || [];
+    const attached = nodes.filter((n) => n.attached).length;
     const ready = $("#nodes-ready");
-    put(ready, count(t.nodesReady) + " of " + count(t.nodes), t.nodesReady);
-    ready.classList.toggle("warn", t.nodesReady < t.nodes);
+    put(ready, count(attached) + " of " + count(nodes.length), attached);
+    ready.classList.toggle("warn", attached < nodes.length);
     put($("#rate-bits"), bits(t.bitsPerSecond), t.bitsPerSecond);
     put($("#rate-packets"), pps(t.packetsPerSecond), t.packetsPerSecond);
-    put($("#total-packets"), count(t.packets), t.packets);
-    put($("#total-bytes"), bytes(t.bytes), t.bytes);
-    $("#total-bytes").title = count(t.bytes) + " bytes";
-    put($("#dropped"), count(t.droppedPackets), t.droppedPackets);
-    put($("#malformed"), count(t.malformedPackets), t.malformedPackets);
-    put($("#nonip"), count(t.nonIPPackets), t.nonIPPackets);
-    put($("#tracked"), count(t.trackedSources), t.trackedSources);
+    const blocks = e.ipBlocks || [];
+    const dropped = t.droppedPackets != null ? t.droppedPackets : blocks.reduce((s, b) => s + (b.droppedPackets || 0), 0);
+    put($("#dropped"), count(dropped), dropped);
+    const tracked = nodes.reduce((s, n) => s + (n.trackedSources || 0), 0);
+    put($("#tracked"), count(tracked) + " on " + count(nodes.length) + " nodes", tracked);
     put($("#last-report"), LM.clock(e.time));
 
     const { evs, from, to } = hist.window(win.seconds);
     const xs = evs.map((x) => x.t);
-    bitsChart.set(xs, [evs.map((x) => x.d.totals.bitsPerSecond)], from, to);
-    packetsChart.set(xs, [evs.map((x) => x.d.totals.packetsPerSecond)], from, to);
+    bitsChart.set(xs, [evs.map((x) => (x.d.totals || {}).bitsPerSecond)], from, to);
+    packetsChart.set(xs, [evs.map((x) => (x.d.totals || {}).packetsPerSecond)], from, to);
 
     const all = (e.topTalkers || []).map((x) => ({ ...x, kind: x.internal ? "internal" : "external" }));
     const shown = LM.sortRows(filter.apply(all), order);
     $("#talkers tbody").replaceChildren(...shown.map((x) => row({ addr: x.address }, x.address,
       td("kind", x.kind), td("bitsPerSecond", bits(x.bitsPerSecond), x.bitsPerSecond),
       td("packetsPerSecond", pps(x.packetsPerSecond), x.packetsPerSecond),
-      td("packets", count(x.packets), x.packets), td("bytes", bytes(x.bytes), x.bytes), td("node", x.node))));
+      td("packets", count(x.packets), x.packets), td("bytes", bytes(x.bytes), x.bytes), td("node", x.node || "–"))));
     filter.report(shown.length, all.length);
     $("#talkers-empty").hidden = all.length > 0;
 
-    $("#nodes tbody").replaceChildren(...(e.nodes || []).map((n) => {
-      const full = n.trackedSourcesCapacity > 0 ? n.trackedSources / n.trackedSourcesCapacity : 0;
-      const tracked = td("tracked", count(n.trackedSources) + " of " + count(n.trackedSourcesCapacity), n.trackedSources);
-      tracked.classList.toggle("warn", full > 0.9);
-      const reported = td("lastReport", LM.age(n.lastReportAgeSeconds) + " ago", n.lastReportAgeSeconds);
-      reported.title = n.lastReport;
-      const r = row({ node: n.name }, n.name, td("monitor", n.monitor), td("interface", n.interface),
-        td("attached", yesNo(n.attached) + (n.state ? " (" + n.state + ")" : "")), td("xdpMode", n.xdpMode || "–"),
-        td("bitsPerSecond", bits(n.bitsPerSecond), n.bitsPerSecond), td("packetsPerSecond", pps(n.packetsPerSecond), n.packetsPerSecond),
-        td("topTalker", n.topTalker ? n.topTalker + " (" + bits(n.topTalkerBitsPerSecond) + ")" : "–"), tracked, reported);
-      r.classList.toggle("warn", !n.attached);
-      return r;
+    $("#nodes tbody").replaceChildren(...nodes.map((n) => {
+      const r = n.rates || {};
+      const full = n.capacity > 0 ? n.trackedSources / n.capacity : 0;
+      const src = td("trackedSources", count(n.trackedSources) + " of " + count(n.capacity) + (full > 0.9 ? " (over 90%)" : ""), n.trackedSources);
+      src.classList.toggle("warn", full > 0.9);
+      const tr = row({ node: n.node }, n.node, td("attached", yesNo(n.attached)), td("xdpMode", n.xdpMode || "–"),
+        td("bitsPerSecond", bits(r.bitsPerSecond), r.bitsPerSecond), td("packetsPerSecond", pps(r.packetsPerSecond), r.packetsPerSecond),
+        td("topTalker", talker(n.topTalker)), src, td("lastReport", LM.age(n.lastReportAgeSeconds) + " ago", n.lastReportAgeSeconds));
+      tr.classList.toggle("warn", !n.attached);
+      return tr;
     }));
+    $("#nodes-empty").hidden = nodes.length > 0;
 
-    const blocks = e.ipBlocks || [];
     $("#blocks tbody").replaceChildren(...blocks.map((b) => row({ block: b.name }, b.name,
-      td("mode", b.mode), td("direction", b.direction), td("cidrCount", count(b.cidrCount), b.cidrCount),
-      td("enforced", count(b.nodes.enforced) + " of " + count(b.nodes.desired), b.nodes.enforced),
-      td("matched", count(b.matchedPackets), b.matchedPackets), td("dropped", count(b.droppedPackets), b.droppedPackets),
-      td("expiresAt", b.expiresAt ? new Date(b.expiresAt).toLocaleString([], { hour12: false }) : "never"),
-      el("td", { dataset: { col: "conditions" } }, conditions(b.conditions)))));
+      td("mode", b.mode), td("cidrCount", count(b.cidrCount), b.cidrCount),
+      td("enforced", enforced(b), b.enforced), td("droppedPackets", count(b.droppedPackets), b.droppedPackets))));
     $("#blocks-empty").hidden = blocks.length > 0;
     $("#enforcement tbody").replaceChildren(...blocks.flatMap((b) => (b.perNode || []).map((p) => {
       const r = row({ block: b.name, node: p.node }, b.name, td("node", p.node), td("enforced", yesNo(p.enforced)),
-        td("generation", String(p.generation), p.generation), td("matched", count(p.matchedPackets), p.matchedPackets),
-        td("dropped", count(p.droppedPackets), p.droppedPackets));
+        td("generation", String(p.generation), p.generation), td("droppedPackets", count(p.droppedPackets), p.droppedPackets));
       r.classList.toggle("warn", !p.enforced);
       return r;
     })));
 
     const monitors = e.lanMonitors || [];
     $("#monitors tbody").replaceChildren(...monitors.map((m) => row({ monitor: m.name }, m.name,
-      td("interface", m.interface || "default route"), td("ready", count(m.nodes.ready) + " of " + count(m.nodes.desired), m.nodes.ready),
       el("td", { dataset: { col: "conditions" } }, conditions(m.conditions)))));
     $("#monitors-empty").hidden = monitors.length > 0;
   }
