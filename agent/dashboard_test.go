@@ -309,11 +309,11 @@ func freeAddr(t *testing.T) string {
 // keeps retrying while the agent is down, and when it reaches the new
 // agent it is replayed, from its Last-Event-ID, every report it missed:
 // it ends with exactly the events of both agents, and the packets sent
-// while no agent ran.
+// while no agent ran. Before, the talker table nearly full shows a warning.
 func TestDashboardReconnect(t *testing.T) {
 	l := newLAN(t, lanOptions{})
 	bin := agentBinary(t, "dev")
-	file := manifests(t, t.TempDir(), monitor1s)
+	file := manifests(t, t.TempDir(), monitor1s+"  maxTrackedSources: 16\n")
 	addr := freeAddr(t)
 	a := l.start(t, bin, file, "--listen", addr)
 	b := browsertest.New(t)
@@ -324,6 +324,17 @@ func TestDashboardReconnect(t *testing.T) {
 		l.send(t, udp(host, 200))
 	}
 	b.WaitText(talkerCell(host, "packets"), "30", 5*time.Second)
+	// Near the capacity: a warning.
+	if got := b.Attr("#tracked", "class"); got != "" {
+		t.Errorf("tracked sources class %q with 1 of 16", got)
+	}
+	for i := range 14 {
+		l.send(t, udp(fmt.Sprintf("198.18.0.%d", 100+i), 20))
+	}
+	b.WaitText("#tracked", "15 of 16 (93.8%): over 90% full, the least recently seen sources are evicted (0 so far)", 5*time.Second)
+	if got := b.Attr("#tracked", "class"); got != "warn" {
+		t.Errorf("tracked sources class %q at 15 of 16, want warn", got)
+	}
 
 	// The browser's reconnections fail while the agent is down, and until
 	// the new agent has published reports the page has not seen.
