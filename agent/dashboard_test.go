@@ -43,7 +43,9 @@ func talkerCell(addr, col string) string {
 // the screenshots of the README (saved in $LANMONITOR_SCREENSHOTS if set).
 func TestDashboard(t *testing.T) {
 	l := newLAN(t, lanOptions{})
-	a := l.start(t, agentBinary(t, "dev"), manifests(t, t.TempDir(), monitor1s+ipblock("blocked", blockedSrc)))
+	// lab-range covers the protected 198.18.0.70: exempted from it.
+	monitor := monitor1s + "  protectedCIDRs: [\"198.18.0.70\"]\n"
+	a := l.start(t, agentBinary(t, "dev"), manifests(t, t.TempDir(), monitor+ipblock("blocked", blockedSrc)+ipblock("lab-range", "198.18.0.64/26")))
 	b := browsertest.New(t)
 	b.Navigate(a.api + "/")
 	b.WaitText("#conn", "live", 10*time.Second)
@@ -63,13 +65,16 @@ func TestDashboard(t *testing.T) {
 		t.Errorf("top talker %q, want %s", got, heavy)
 	}
 	want := map[string]string{
-		`#talkers tbody tr:first-child td[data-col="kind"]`:               "internal",
-		talkerCell(heavy, "bytes"):                                        "254 KiB", // 250 frames of 1,042 bytes
-		talkerCell(heavy, "localShare"):                                   "100.0% / 0.0%",
-		talkerCell(blockedSrc, "packets"):                                 strconv.Itoa(nBlocked),
-		`#blocks tbody tr[data-block="blocked"] td[data-col="matched"]`:   strconv.Itoa(nBlocked),
-		`#blocks tbody tr[data-block="blocked"] td[data-col="mode"]`:      "Enforce",
-		`#blocks tbody tr[data-block="blocked"] td[data-col="cidrCount"]`: "1",
+		`#talkers tbody tr:first-child td[data-col="kind"]`:                "internal",
+		talkerCell(heavy, "bytes"):                                         "254 KiB", // 250 frames of 1,042 bytes
+		talkerCell(heavy, "localShare"):                                    "100.0% / 0.0%",
+		talkerCell(blockedSrc, "packets"):                                  strconv.Itoa(nBlocked),
+		`#blocks tbody tr[data-block="blocked"] td[data-col="matched"]`:    strconv.Itoa(nBlocked),
+		`#blocks tbody tr[data-block="blocked"] td[data-col="mode"]`:       "Enforce",
+		`#blocks tbody tr[data-block="blocked"] td[data-col="cidrCount"]`:  "1",
+		`#blocks tbody tr[data-block="blocked"] td[data-col="exempted"]`:   "none",
+		`#blocks tbody tr[data-block="lab-range"] td[data-col="exempted"]`: "198.18.0.70",
+		`#blocks tbody tr[data-block="lab-range"] td[data-col="dropped"]`:  "0",
 		"#state":         "Attached",
 		"#xdp-mode":      "Native (native mode supported by the driver)",
 		"#promisc":       "yes",
