@@ -50,6 +50,14 @@ func TestDashboard(t *testing.T) {
 	b.Navigate(a.api + "/")
 	b.WaitText("#conn", "live", 10*time.Second)
 	browsertest.Eval[bool](b, `window.sameDocument = true`)
+	for _, r := range b.Resources() {
+		if !strings.HasPrefix(r.URL, a.api+"/") {
+			t.Errorf("the page loaded %s, not from the agent", r.URL)
+		}
+		if strings.Contains(r.URL, "/api/v1/history") && r.DecodedBody >= 1024 && r.EncodedBody >= r.DecodedBody {
+			t.Errorf("history of %.0f bytes not compressed: %+v", r.DecodedBody, r)
+		}
+	}
 
 	const heavy = "198.18.0.21"
 	const nHeavy, nBlocked = 250, 40
