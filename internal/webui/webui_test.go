@@ -143,3 +143,19 @@ func TestNotFoundAndMethods(t *testing.T) {
 		t.Errorf("HEAD /ui/common.js: %s", r.Status)
 	}
 }
+
+// TestPreload: the page preloads the history it will read: the default
+// interface's, or that of ?interface=, encoded as the page's script
+// encodes it and escaped for HTML.
+func TestPreload(t *testing.T) {
+	for query, want := range map[string]string{
+		"":                           `<link rel="preload" href="api/v1/history" as="fetch" crossorigin="anonymous">`,
+		"?interface=lan1":            `<link rel="preload" href="api/v1/history?interface=lan1" as="fetch" crossorigin="anonymous">`,
+		`?interface=a%22%3E%3Cb+c&x`: `<link rel="preload" href="api/v1/history?interface=a%22%3E%3Cb+c" as="fetch" crossorigin="anonymous">`,
+	} {
+		html := string(body(t, get(t, webui.Agent(), "GET", "/"+query, false)))
+		if !strings.Contains(html, want) {
+			t.Errorf("GET /%s: no %s in\n%s", query, want, html)
+		}
+	}
+}
