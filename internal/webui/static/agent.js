@@ -84,7 +84,7 @@
     const last = hist.latest();
     if (!last) {
       $("#talkers-empty").hidden = false;
-      return;
+      return false;
     }
     const e = last.d;
     put($("#title"), e.node + " · " + e.interface);
@@ -97,6 +97,7 @@
     packetsChart.set(xs, [rate((r) => r.packetsPerSecond), rate((r) => r.localPacketsPerSecond), rate((r) => r.snoopedPacketsPerSecond)], from, to);
     talkers(e, evs, xs, from, to);
     blocks(e);
+    return true;
   }
 
   function status(e) {

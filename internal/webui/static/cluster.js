@@ -41,7 +41,7 @@
     const last = hist.latest();
     if (!last) {
       $("#talkers-empty").hidden = false;
-      return;
+      return false;
     }
     const e = last.d, t = e.totals || {};
     const nodes = e.nodes || [];
@@ -100,6 +100,7 @@
     $("#monitors tbody").replaceChildren(...monitors.map((m) => row({ monitor: m.name }, m.name,
       el("td", { dataset: { col: "conditions" } }, conditions(m.conditions)))));
     $("#monitors-empty").hidden = monitors.length > 0;
+    return true;
   }
 
   stream.start();

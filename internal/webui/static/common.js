@@ -445,22 +445,27 @@ const LM = (() => {
 
   // ---- page plumbing ----
 
-  // Render coalesces redraws into one per animation frame; a page that
-  // is first drawn marks "lm-first-paint" (performance) and sets
-  // document.body's data-first-paint-ms.
+  // renderer coalesces redraws into one per animation frame, but for the
+  // first with data (the history), drawn at once. draw returns whether it
+  // had data to draw; the first time it has, renderer marks
+  // "lm-first-paint" (performance) and sets document.body's
+  // data-first-paint-ms.
   function renderer(draw) {
     let queued = false, first = true;
+    const run = () => {
+      if (draw() && first) {
+        first = false;
+        performance.mark("lm-first-paint");
+        document.body.dataset.firstPaintMs = performance.now().toFixed(1);
+      }
+    };
     return () => {
+      if (first) return run();
       if (queued) return;
       queued = true;
       requestAnimationFrame(() => {
         queued = false;
-        draw();
-        if (first) {
-          first = false;
-          performance.mark("lm-first-paint");
-          document.body.dataset.firstPaintMs = performance.now().toFixed(1);
-        }
+        run();
       });
     };
   }
