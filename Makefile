@@ -80,7 +80,7 @@ manifests: ## Regenerate deepcopy, CRDs and RBAC with controller-gen.
 	$(GO) run ./hack/crdref > docs/api-reference.md
 
 .PHONY: verify
-verify: ## Check that generated files match their sources and that code is formatted.
+verify: ## Check that generated files match their sources, that code is formatted and that vendored uPlot matches its SHA256SUMS.
 	hack/verify.sh
 
 .PHONY: fmt

@@ -12,6 +12,7 @@ import (
 
 	"github.com/lanmonitor/lanmonitor/bpf"
 	"github.com/lanmonitor/lanmonitor/internal/sse"
+	"github.com/lanmonitor/lanmonitor/internal/webui"
 )
 
 // Managers gives the API the running managers, in a stable order. The first
@@ -107,10 +108,11 @@ type BlockJSON struct {
 //	GET /api/v1/blocks[?interface=IF]
 //	GET /api/v1/interfaces                       the monitored interfaces
 //	GET /api/v1/events[?interface=IF][&since=ID] text/event-stream of ReportEvent, one per report
-//	GET /api/v1/history[?interface=IF][&since=ID][&limit=N]  the last ten minutes of ReportEvent
+//	GET /api/v1/history[?interface=IF][&since=ID][&limit=N]  the last ten minutes of ReportEvent (compressed if accepted)
 //	GET /metrics   Prometheus metrics of gatherer
 //	GET /healthz   200 while the process serves
 //	GET /readyz    200 when ready() returns nil, else 503 with its error
+//	GET /          the dashboard (internal/webui), its files under /ui/
 //
 // Errors are JSON objects {"error": "..."} with status 400 (unknown or bad
 // query parameter, bad Last-Event-ID), 404 (unknown interface), 429 (too
@@ -197,11 +199,12 @@ func NewHandler(managers Managers, gatherer prometheus.Gatherer, ready func() er
 			writeHTTPError(w, m.Events().ServeEvents(w, r))
 		}
 	})
-	mux.HandleFunc("GET /api/v1/history", func(w http.ResponseWriter, r *http.Request) {
+	mux.Handle("GET /api/v1/history", webui.Compress(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if m, ok := pick(w, r, managers, "since", "limit"); ok {
 			writeHTTPError(w, m.Events().ServeHistory(w, r))
 		}
-	})
+	})))
+	mux.Handle("GET /", webui.Agent())
 	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {

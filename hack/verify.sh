@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # hack/verify.sh: checks that generated files match their sources
 # (`make verify`): bpf2go output, deepcopy, CRDs, RBAC; and that Go code is
-# gofmt-formatted and vet-clean. It regenerates in place and fails if that
-# changed any tracked file, listing the differences.
+# gofmt-formatted and vet-clean; and that the vendored uPlot is the one
+# recorded (internal/webui/vendor/uplot/SHA256SUMS). It regenerates in place
+# and fails if that changed any tracked file, listing the differences.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,11 @@ if [[ -n "$unformatted" ]]; then
 fi
 
 go vet ./...
+
+if ! (cd internal/webui/vendor/uplot && sha256sum --check --strict --quiet SHA256SUMS); then
+	echo "internal/webui/vendor/uplot differs from its SHA256SUMS (see its README.md to update it)" >&2
+	fail=1
+fi
 
 make --no-print-directory generate >&2
 if ! git diff --quiet --exit-code; then
