@@ -2,7 +2,6 @@ package agent
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -183,7 +182,7 @@ func NewHandler(managers Managers, gatherer prometheus.Gatherer, ready func() er
 	})
 	mux.HandleFunc("GET /api/v1/interfaces", func(w http.ResponseWriter, r *http.Request) {
 		if err := sse.CheckQuery(r.URL.Query()); err != nil {
-			writeHTTPError(w, err)
+			sse.WriteError(w, err)
 			return
 		}
 		resp := InterfacesResponse{Interfaces: []InterfaceJSON{}}
@@ -196,12 +195,12 @@ func NewHandler(managers Managers, gatherer prometheus.Gatherer, ready func() er
 	})
 	mux.HandleFunc("GET /api/v1/events", func(w http.ResponseWriter, r *http.Request) {
 		if m, ok := pick(w, r, managers, "since"); ok {
-			writeHTTPError(w, m.Events().ServeEvents(w, r))
+			sse.WriteError(w, m.Events().ServeEvents(w, r))
 		}
 	})
 	mux.Handle("GET /api/v1/history", webui.Compress(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if m, ok := pick(w, r, managers, "since", "limit"); ok {
-			writeHTTPError(w, m.Events().ServeHistory(w, r))
+			sse.WriteError(w, m.Events().ServeHistory(w, r))
 		}
 	})))
 	mux.Handle("GET /", webui.Agent())
@@ -221,7 +220,7 @@ func NewHandler(managers Managers, gatherer prometheus.Gatherer, ready func() er
 // after checking that the query has no parameters but interface and params.
 func pick(w http.ResponseWriter, r *http.Request, managers Managers, params ...string) (*Manager, bool) {
 	if err := sse.CheckQuery(r.URL.Query(), append(params, "interface")...); err != nil {
-		writeHTTPError(w, err)
+		sse.WriteError(w, err)
 		return nil, false
 	}
 	ms := managers()
@@ -256,22 +255,6 @@ func writeJSON(w http.ResponseWriter, v any) {
 	enc.Encode(v)
 }
 
-// writeHTTPError answers err (nil: nothing) with its sse.HTTPError status,
-// or 500.
-func writeHTTPError(w http.ResponseWriter, err error) {
-	if err == nil {
-		return
-	}
-	status := http.StatusInternalServerError
-	var he *sse.HTTPError
-	if errors.As(err, &he) {
-		status = he.Status
-	}
-	writeError(w, status, err)
-}
-
 func writeError(w http.ResponseWriter, status int, err error) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
+	sse.WriteError(w, &sse.HTTPError{Status: status, Err: err})
 }

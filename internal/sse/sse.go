@@ -264,6 +264,23 @@ type HTTPError struct {
 func (e *HTTPError) Error() string { return e.Err.Error() }
 func (e *HTTPError) Unwrap() error { return e.Err }
 
+// WriteError answers err (nil: nothing) as JSON {"error": "..."} with
+// the status of its HTTPError, or 500 for any other error.
+func WriteError(w http.ResponseWriter, err error) {
+	if err == nil {
+		return
+	}
+	status := http.StatusInternalServerError
+	var he *HTTPError
+	if errors.As(err, &he) {
+		status = he.Status
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
+}
+
 func badRequest(format string, a ...any) error {
 	return &HTTPError{Status: http.StatusBadRequest, Err: fmt.Errorf(format, a...)}
 }
