@@ -84,9 +84,9 @@ type ClusterTotals struct {
 
 // DashboardIPBlock is one IPBlock's row.
 type DashboardIPBlock struct {
-	Name      string                      `json:"name"`
+	Name      string                       `json:"name"`
 	Mode      lanmonitorv1alpha1.BlockMode `json:"mode"`
-	CIDRCount int                         `json:"cidrCount"`
+	CIDRCount int                          `json:"cidrCount"`
 	// Enforced is how many of the nodes in PerNode enforce the current
 	// generation.
 	Enforced int `json:"enforced"`
