@@ -296,6 +296,15 @@ const LM = (() => {
 
   // ---- the event stream ----
 
+  // signIn sends the browser to the sign-in form when the server answered
+  // 401 (no or expired token: a server behind secureserve) or 403 (a
+  // token that may not read this page); it returns whether it did.
+  function signIn(status) {
+    if (status !== 401 && status !== 403) return false;
+    window.location.assign(status === 401 ? "login?expired=1" : "login?forbidden=1");
+    return true;
+  }
+
   // Stream reads a dashboard's events: the history first, then the event
   // stream from the history's lastId on. The browser's EventSource
   // reconnects by itself (sending Last-Event-ID); when the server refuses
@@ -351,6 +360,7 @@ const LM = (() => {
       let h;
       try {
         const r = await fetch(this.url("history"));
+        if (signIn(r.status)) return;
         if (!r.ok) throw new Error(await errorText(r));
         h = await r.json();
       } catch (e) {
@@ -404,6 +414,7 @@ const LM = (() => {
       }
       ctl.abort();
       if (this.paused || this.es) return;
+      if (signIn(status)) return;
       if (status === 429) {
         this.state("refused", "too many dashboard clients: the server refused this page's live stream (" + msg + "). Close other dashboard tabs; retrying in 30 s.");
         this.timer = setTimeout(() => this.open(), 30000);
