@@ -26,7 +26,9 @@ func TestMain(m *testing.M) { testenv.Main(m, &env) }
 func serve(t *testing.T, g *secureserve.Guard) *httptest.Server {
 	t.Helper()
 	h := http.NewServeMux()
-	h.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "served "+r.Method+" "+r.URL.Path+"\n") })
+	h.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "served "+r.Method+" "+r.URL.Path+"\n")
+	})
 	srv := httptest.NewUnstartedServer(g.Wrap(h))
 	cfg, self, err := secureserve.TLSConfig(context.Background(), logr.Discard(), t.TempDir(), "198.18.0.1", "agent.example")
 	if err != nil || !self {
