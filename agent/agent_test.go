@@ -531,6 +531,10 @@ func TestBadInput(t *testing.T) {
 	good := manifests(t, dir, monitor1s)
 	os.Chmod(good, 0o644)
 	bad := manifests(t, t.TempDir(), monitor1s+ipblock("bad", "10.0.0.0/33"))
+	emptyToken := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(emptyToken, []byte(" \n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []struct {
 		name string
 		args []string
@@ -541,6 +545,12 @@ func TestBadInput(t *testing.T) {
 		{"invalid cidr", []string{"standalone", "-i", "lan0", "-f", bad}, 0, `IPBlock "bad"): spec.cidrs[0]: Invalid value: "10.0.0.0/33": must be an IPv4 or IPv6 address or CIDR`},
 		{"bad flag", []string{"standalone", "-i", "lan0", "-f", good, "--listen-on", "x"}, 0, "unknown flag: --listen-on"},
 		{"missing file", []string{"standalone", "-i", "lan0"}, 0, `required flag(s) "file" not set`},
+		{"LAN listen without a token", []string{"standalone", "-i", "lan0", "-f", good, "--listen", "198.18.0.1:9470"}, 0,
+			"--listen 198.18.0.1:9470 is not a loopback address: set --auth-token-file FILE"},
+		{"every address without a token", []string{"standalone", "-i", "lan0", "-f", good, "--listen", ":9470"}, 0,
+			"--listen :9470 is not a loopback address"},
+		{"empty token file", []string{"standalone", "-i", "lan0", "-f", good, "--auth-token-file", emptyToken}, 0,
+			"--auth-token-file: " + emptyToken + ": empty token"},
 		{"no privileges", []string{"standalone", "-i", "lan0", "-f", good}, 65534, "missing capabilities CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN: run lanmonitor-agent as root"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -580,7 +590,7 @@ func TestMetricsAndSampling(t *testing.T) {
 	l.send(t, udp(blockedSrc, 10), udp(blockedSrc, 10))
 	waitFor(t, 5*time.Second, "7 frames", func() bool { return a.stats().Packets == 7 })
 	time.Sleep(1500 * time.Millisecond) // a report
-	resp, err := http.Get(a.api + "/metrics")
+	resp, err := a.do("/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -641,4 +651,41 @@ func TestSecondAgentRefused(t *testing.T) {
 	if !first.logged("attached") {
 		t.Fatal("no attach logged")
 	}
+}
+
+// TestStandaloneAuth: with --auth-token-file the API is HTTPS and needs
+// the token (constant-time compare); the probes do not.
+func TestStandaloneAuth(t *testing.T) {
+	l := newLAN(t, lanOptions{})
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte("lab-token-0123456789\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a := l.start(t, agentBinary(t, "dev"), manifests(t, t.TempDir(), monitor1s), "--auth-token-file", tokenFile)
+	if !strings.HasPrefix(a.api, "https://") {
+		t.Fatalf("API at %s, want https", a.api)
+	}
+	if !strings.Contains(a.logs.String(), `msg="serving HTTPS with authentication"`) {
+		t.Fatalf("the log does not say how it serves:\n%s", a.logs)
+	}
+	for _, c := range []struct {
+		path, token string
+		code        int
+	}{
+		{"/api/v1/stats", "", http.StatusUnauthorized},
+		{"/api/v1/stats", "lab-token-012345678", http.StatusUnauthorized},
+		{"/api/v1/stats", "lab-token-01234567890", http.StatusUnauthorized},
+		{"/metrics", "", http.StatusUnauthorized},
+		{"/", "", http.StatusUnauthorized},
+		{"/healthz", "", http.StatusOK},
+		{"/api/v1/stats", "lab-token-0123456789", http.StatusOK},
+	} {
+		a.token = c.token
+		if got := a.status(c.path); got != c.code {
+			t.Errorf("GET %s with token %q: %d, want %d", c.path, c.token, got, c.code)
+		}
+	}
+	a.token = "lab-token-0123456789"
+	l.send(t, udp("198.18.0.20", 100), udp("198.18.0.20", 100), udp("198.18.0.20", 100))
+	waitFor(t, 5*time.Second, "3 packets counted", func() bool { return a.stats().Packets == 3 })
 }

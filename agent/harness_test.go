@@ -1,6 +1,7 @@
 package agent_test
 
 import (
+	"crypto/tls"
 	"bufio"
 	"bytes"
 	"context"
@@ -173,7 +174,8 @@ func TestMain(m *testing.M) {
 type agentProc struct {
 	t      *testing.T
 	cmd    *exec.Cmd
-	api    string
+	api    string // http://ADDR, or https://ADDR with --auth-token-file
+	token  string // the bearer token requests send ("" none)
 	logs   *syncBuffer
 	exited chan struct{}
 	err    error
@@ -196,7 +198,22 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-var listenRE = regexp.MustCompile(`msg="standalone agent running".* listen=(\S+)`)
+var listenRE = regexp.MustCompile(`msg="standalone agent running".* listen=(\S+) scheme=(\S+)`)
+
+// testClient trusts the agents' self-signed certificates.
+var testClient = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+
+// do sends GET path to the agent with its token.
+func (p *agentProc) do(path string) (*http.Response, error) {
+	req, err := http.NewRequest(http.MethodGet, p.api+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	if p.token != "" {
+		req.Header.Set("Authorization", "Bearer "+p.token)
+	}
+	return testClient.Do(req)
+}
 
 // manifests writes a manifest file for the tests and returns its path.
 func manifests(t *testing.T, dir, body string) string {
@@ -228,7 +245,7 @@ func (l *lan) start(t *testing.T, bin, file string, extra ...string) *agentProc 
 	deadline := time.Now().Add(15 * time.Second)
 	for time.Now().Before(deadline) {
 		if m := listenRE.FindStringSubmatch(p.logs.String()); m != nil {
-			p.api = "http://" + m[1]
+			p.api = m[2] + "://" + m[1]
 			return p
 		}
 		select {
@@ -286,7 +303,7 @@ func (p *agentProc) stop(sig syscall.Signal) int {
 // get decodes GET path of the agent's API into v.
 func (p *agentProc) get(path string, v any) {
 	p.t.Helper()
-	resp, err := http.Get(p.api + path)
+	resp, err := p.do(path)
 	if err != nil {
 		p.t.Fatal(err)
 	}
@@ -303,7 +320,7 @@ func (p *agentProc) get(path string, v any) {
 }
 
 func (p *agentProc) status(path string) int {
-	resp, err := http.Get(p.api + path)
+	resp, err := p.do(path)
 	if err != nil {
 		return 0
 	}

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/http"
 	"slices"
 	"sort"
 	"strings"
@@ -40,8 +38,11 @@ type KubernetesOptions struct {
 	NodeName string
 	// RESTConfig reaches the API server.
 	RESTConfig *rest.Config
-	// Listen is the address of the JSON API, /metrics and the probes.
-	Listen string
+	// Serving says where and how the JSON API, the dashboard, /metrics and
+	// the probes are served: by default HTTPS, every request but the
+	// probes authenticated by TokenReview and authorized by
+	// SubjectAccessReview (secureserve.Agent).
+	Serving Serving
 	// CleanupOnExit detaches and restores every interface when ctx ends.
 	// By default the datapath stays (pinned) for the next agent pod to
 	// adopt, so a pod restart or an upgrade never stops enforcement; the
@@ -73,11 +74,19 @@ func RunKubernetes(ctx context.Context, o KubernetesOptions) error {
 	if err := checkCapabilities(o.Manager.NetNS != ""); err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", o.Listen)
+	lns, err := o.Serving.bind()
 	if err != nil {
-		return fmt.Errorf("--listen: %w", err)
+		return err
 	}
-	defer ln.Close()
+	defer func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}()
+	guard, err := o.Serving.kubernetesGuard(o.RESTConfig, o.NodeName, o.Manager.Logger)
+	if err != nil {
+		return err
+	}
 
 	scheme := runtime.NewScheme()
 	if err := v1alpha1.AddToScheme(scheme); err != nil {
@@ -118,14 +127,14 @@ func RunKubernetes(ctx context.Context, o KubernetesOptions) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(NewCollector(a.list), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	srv := &http.Server{Handler: NewHandler(a.list, reg, a.ready), ReadHeaderTimeout: 5 * time.Second}
-	go srv.Serve(ln)
-	a.log.Info("kubernetes agent running", "listen", ln.Addr().String())
+	srv, err := o.Serving.start(ctx, a.log, lns, NewHandler(a.list, reg, a.ready), guard, o.NodeName)
+	if err != nil {
+		return err
+	}
+	a.log.Info("kubernetes agent running", "listen", lns[0].Addr().String(), "scheme", srv.scheme())
 
 	err = a.run(ctx)
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	srv.Shutdown(shutdownCtx)
-	cancel()
+	srv.shutdown()
 	return errors.Join(err, a.closeAll(o.CleanupOnExit))
 }
 

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/http"
 	"path/filepath"
 	"slices"
 	"time"
@@ -25,8 +23,10 @@ type StandaloneOptions struct {
 	// Files hold LanMonitor and IPBlock manifests; they are watched and
 	// reloaded when they change.
 	Files []string
-	// Listen is the address of the HTTP API, e.g. 127.0.0.1:9470.
-	Listen string
+	// Serving says where and how the HTTP API is served (default
+	// DefaultListen, plain HTTP: loopback only, unless a token file or
+	// Insecure is set).
+	Serving Serving
 	// KeepOnExit leaves the program attached and pinned when ctx ends, for
 	// the next agent (an upgrade) to adopt, instead of cleaning up.
 	KeepOnExit bool
@@ -59,8 +59,12 @@ func RunStandalone(ctx context.Context, o StandaloneOptions) error {
 	if len(o.Files) == 0 {
 		return errors.New("at least one -f FILE with LanMonitor/IPBlock manifests is required")
 	}
-	if o.Listen == "" {
-		o.Listen = DefaultListen
+	if len(o.Serving.Listen) == 0 {
+		o.Serving.Listen = []string{DefaultListen}
+	}
+	guard, err := o.Serving.standaloneGuard(log)
+	if err != nil {
+		return err
 	}
 	v, err := NewValidator()
 	if err != nil {
@@ -75,11 +79,15 @@ func RunStandalone(ctx context.Context, o StandaloneOptions) error {
 		return err
 	}
 	defer watcher.Close()
-	ln, err := net.Listen("tcp", o.Listen)
+	lns, err := o.Serving.bind()
 	if err != nil {
-		return fmt.Errorf("--listen: %w", err)
+		return err
 	}
-	defer ln.Close()
+	defer func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}()
 
 	m, err := Start(cfg, o.Manager)
 	if err != nil {
@@ -91,19 +99,20 @@ func RunStandalone(ctx context.Context, o StandaloneOptions) error {
 	managers := func() []*Manager { return []*Manager{m} }
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(NewCollector(managers), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	srv := &http.Server{Handler: NewHandler(managers, reg, func() error { return readiness(m) }), ReadHeaderTimeout: 5 * time.Second}
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
-	log.Info("standalone agent running", "interface", o.Interface, "listen", ln.Addr().String(), "files", o.Files, "blocks", len(cfg.Blocks))
+	srv, err := o.Serving.start(ctx, log, lns, NewHandler(managers, reg, func() error { return readiness(m) }), guard)
+	if err != nil {
+		m.Close(true)
+		return err
+	}
+	log.Info("standalone agent running", "interface", o.Interface, "listen", lns[0].Addr().String(), "scheme", srv.scheme(),
+		"files", o.Files, "blocks", len(cfg.Blocks))
 
 	expiry := timerAt(nextExpiry)
 	var debounce <-chan time.Time
 	for {
 		select {
 		case <-ctx.Done():
-			shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			srv.Shutdown(shutdownCtx)
-			cancel()
+			srv.shutdown()
 			err := m.Close(!o.KeepOnExit)
 			switch {
 			case err != nil:
@@ -113,7 +122,7 @@ func RunStandalone(ctx context.Context, o StandaloneOptions) error {
 				log.Info("stopped: program detached, pins removed, promiscuity restored", "interface", o.Interface)
 			}
 			return err
-		case err := <-serveErr:
+		case err := <-srv.errs:
 			m.Close(true)
 			return fmt.Errorf("serve api: %w", err)
 		case ev := <-watcher.Events:

@@ -5,6 +5,7 @@ package main
 
 import (
 	"fmt"
+	"net"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -85,7 +86,7 @@ func newKubernetesCommand() *cobra.Command {
 		c          common
 		node       string
 		kubeconfig string
-		listen     string
+		serving    agent.Serving
 		cleanup    bool
 	)
 	cmd := &cobra.Command{
@@ -94,7 +95,14 @@ func newKubernetesCommand() *cobra.Command {
 		Long: `Watches the LanMonitorNode named after this node and the IPBlocks it lists,
 attaches to the interfaces it names, and writes the node's report into its
 status (at most once per report interval, only when something changed).
-Serves the same JSON API and /metrics as standalone mode on --listen.
+Serves the same JSON API, dashboard and /metrics as standalone mode on
+--listen, over HTTPS: every request but /healthz, /readyz and the page's
+static files needs a bearer token (or the dashboard's sign-in cookie) that
+the API server accepts (TokenReview) and allows (SubjectAccessReview): GET
+/metrics as the non-resource URL /metrics, everything else as get on
+lanmonitornodes/traffic named after the node. By default it listens on
+$HOST_IP (the node's InternalIP, from the downward API) and on 127.0.0.1
+(for kubectl port-forward), port 9470.
 
 On SIGTERM the programs stay attached and pinned, so a restarted or upgraded
 agent pod adopts them without a gap in enforcement; an interface is released
@@ -112,15 +120,31 @@ naming it. --cleanup-on-exit releases everything on SIGTERM instead.`,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
-			return agent.RunKubernetes(ctx, agent.KubernetesOptions{NodeName: node, RESTConfig: rc, Listen: listen, CleanupOnExit: cleanup, Manager: opts})
+			if !cmd.Flags().Changed("listen") {
+				serving.Listen = defaultKubernetesListen(os.Getenv("HOST_IP"))
+			}
+			return agent.RunKubernetes(ctx, agent.KubernetesOptions{NodeName: node, RESTConfig: rc, Serving: serving, CleanupOnExit: cleanup, Manager: opts})
 		},
 	}
 	c.register(cmd)
 	cmd.Flags().StringVar(&node, "node-name", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME, from the downward API)")
 	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, then the in-cluster service account)")
-	cmd.Flags().StringVar(&listen, "listen", ":9470", "address of the JSON API, /metrics, /healthz and /readyz")
+	cmd.Flags().StringArrayVar(&serving.Listen, "listen", nil, "address of the JSON API, dashboard, /metrics and probes (repeatable; default $HOST_IP:9470 and 127.0.0.1:9470)")
+	cmd.Flags().StringVar(&serving.CertDir, "tls-cert-dir", "", "directory with tls.crt and tls.key (default: a self-signed certificate)")
+	cmd.Flags().BoolVar(&serving.Insecure, "insecure-listen", false, "serve plain HTTP without authentication (development only: anyone who reaches --listen reads the traffic report)")
 	cmd.Flags().BoolVar(&cleanup, "cleanup-on-exit", false, "on SIGTERM detach, unpin and restore every interface instead of leaving them to the next agent")
 	return cmd
+}
+
+// defaultKubernetesListen is where the node agent listens by default: the
+// node's own address that the API server knows (hostIP, from the downward
+// API) and loopback (kubectl port-forward reaches a host-network pod there).
+func defaultKubernetesListen(hostIP string) []string {
+	out := []string{"127.0.0.1:9470"}
+	if hostIP != "" && hostIP != "127.0.0.1" {
+		out = append([]string{net.JoinHostPort(hostIP, "9470")}, out...)
+	}
+	return out
 }
 
 // restConfig reads --kubeconfig, else $KUBECONFIG, else the in-cluster
@@ -147,12 +171,12 @@ func newStandaloneCommand() *cobra.Command {
 	var (
 		c      common
 		iface  string
-		files  []string
-		listen string
-		keep   bool
+		files   []string
+		serving agent.Serving
+		keep    bool
 	)
 	cmd := &cobra.Command{
-		Use:   "standalone --interface IF -f FILE [-f FILE...] [--listen ADDR]",
+		Use:   "standalone --interface IF -f FILE [-f FILE...] [--listen ADDR] [--auth-token-file FILE]",
 		Short: "Monitor one interface without Kubernetes, configured by LanMonitor/IPBlock manifests",
 		Long: `Attaches the XDP program to --interface, puts it in promiscuous mode (as the
 LanMonitor says), applies the IPBlocks of the files (reloaded when they change)
@@ -162,6 +186,12 @@ and serves the JSON API and Prometheus metrics on --listen:
   GET /api/v1/stats             cumulative counters
   GET /api/v1/blocks            per-IPBlock counters
   GET /metrics, /healthz, /readyz
+  GET /                         the live dashboard
+
+--listen is loopback (127.0.0.1:9470) by default, served over plain HTTP. Any
+other address needs --auth-token-file (HTTPS, and every request but the
+probes must carry "Authorization: Bearer TOKEN"; the dashboard has a sign-in
+form) or an explicit --insecure-listen.
 
 On SIGTERM or SIGINT it detaches, unpins and restores promiscuity, and exits 0
 (with --keep-on-exit it leaves the program attached for the next agent).
@@ -174,13 +204,16 @@ A restarted agent adopts the pinned program and counters of the previous one.`,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
-			return agent.RunStandalone(ctx, agent.StandaloneOptions{Interface: iface, Files: files, Listen: listen, KeepOnExit: keep, Manager: opts})
+			return agent.RunStandalone(ctx, agent.StandaloneOptions{Interface: iface, Files: files, Serving: serving, KeepOnExit: keep, Manager: opts})
 		},
 	}
 	c.register(cmd)
 	cmd.Flags().StringVarP(&iface, "interface", "i", "", "interface to monitor (required)")
 	cmd.Flags().StringArrayVarP(&files, "file", "f", nil, "file of LanMonitor and IPBlock manifests (repeatable, required)")
-	cmd.Flags().StringVar(&listen, "listen", agent.DefaultListen, "address of the JSON API and /metrics")
+	cmd.Flags().StringArrayVar(&serving.Listen, "listen", []string{agent.DefaultListen}, "address of the JSON API, dashboard and /metrics (repeatable)")
+	cmd.Flags().StringVar(&serving.TokenFile, "auth-token-file", "", "file holding the bearer token clients must send; serves HTTPS (required for a non-loopback --listen)")
+	cmd.Flags().StringVar(&serving.CertDir, "tls-cert-dir", "", "directory with tls.crt and tls.key for --auth-token-file (default: a self-signed certificate)")
+	cmd.Flags().BoolVar(&serving.Insecure, "insecure-listen", false, "allow a non-loopback --listen over plain HTTP without authentication")
 	cmd.Flags().BoolVar(&keep, "keep-on-exit", false, "on SIGTERM leave the program attached and pinned for the next agent to adopt (an upgrade without a gap) instead of cleaning up")
 	cmd.MarkFlagRequired("interface")
 	cmd.MarkFlagRequired("file")
