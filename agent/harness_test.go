@@ -1,10 +1,10 @@
 package agent_test
 
 import (
-	"crypto/tls"
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -260,8 +261,11 @@ func (l *lan) start(t *testing.T, bin, file string, extra ...string) *agentProc 
 
 func (l *lan) startNoWait(t *testing.T, bin, file string, extra ...string) *agentProc {
 	t.Helper()
-	args := append([]string{"standalone", "-i", "lan0", "-f", file, "--netns", l.node.Path, "--pin-root", l.pinRoot,
-		"--listen", "127.0.0.1:0", "--log-level", "debug"}, extra...)
+	args := []string{"standalone", "-i", "lan0", "-f", file, "--netns", l.node.Path, "--pin-root", l.pinRoot, "--log-level", "debug"}
+	if !slices.Contains(extra, "--listen") {
+		args = append(args, "--listen", "127.0.0.1:0")
+	}
+	args = append(args, extra...)
 	p := &agentProc{t: t, cmd: exec.Command(bin, args...), logs: &syncBuffer{}, exited: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

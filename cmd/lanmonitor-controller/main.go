@@ -18,6 +18,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	lanmonitorv1alpha1 "github.com/lanmonitor/lanmonitor/api/v1alpha1"
@@ -26,6 +27,11 @@ import (
 
 type options struct {
 	metricsAddr     string
+	metricsSecure   bool
+	metricsCertDir  string
+	dashboardAddr   string
+	dashboardCerts  string
+	dashboardEvery  time.Duration
 	probeAddr       string
 	leaderElect     bool
 	leaseName       string
@@ -53,7 +59,13 @@ func newCommand() *cobra.Command {
 		Long: `lanmonitor-controller selects nodes for every LanMonitor and writes one
 LanMonitorNode spec per node (resolved configuration, applicable IPBlocks,
 protected API server endpoints), assigns IPBlock rule IDs, expires blocks,
-and rolls the nodes' reports up into LanMonitor and IPBlock status.`,
+and rolls the nodes' reports up into LanMonitor and IPBlock status.
+
+Every replica serves the cluster dashboard on --dashboard-bind-address
+(HTTPS; every request but /healthz and the page's static files needs a
+bearer token, or the page's sign-in cookie, of a user allowed to list
+lanmonitors.lanmonitor.io) and /metrics on --metrics-bind-address (HTTPS,
+for callers allowed get on the non-resource URL /metrics).`,
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
 		SilenceErrors: false,
@@ -62,7 +74,12 @@ and rolls the nodes' reports up into LanMonitor and IPBlock status.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.metricsAddr, "metrics-bind-address", ":8080", `address of the Prometheus metrics endpoint ("0" turns it off)`)
+	f.StringVar(&o.metricsAddr, "metrics-bind-address", ":8443", `address of the Prometheus metrics endpoint ("0" turns it off)`)
+	f.BoolVar(&o.metricsSecure, "metrics-secure", true, "serve /metrics over HTTPS to callers whose token the API server accepts (TokenReview) and allows get on the non-resource URL /metrics (SubjectAccessReview); false: plain HTTP to anyone")
+	f.StringVar(&o.metricsCertDir, "metrics-cert-dir", "", "directory with tls.crt and tls.key for /metrics (default: a self-signed certificate)")
+	f.StringVar(&o.dashboardAddr, "dashboard-bind-address", ":9480", `address of the cluster dashboard, HTTPS, for users allowed to list lanmonitors ("0" turns it off)`)
+	f.StringVar(&o.dashboardCerts, "dashboard-cert-dir", "", "directory with tls.crt and tls.key for the dashboard (default: a self-signed certificate)")
+	f.DurationVar(&o.dashboardEvery, "dashboard-interval", controllers.DefaultDashboardInterval, "how often the dashboard rolls the node reports up into an event")
 	f.StringVar(&o.probeAddr, "health-probe-bind-address", ":8081", "address of the /healthz and /readyz endpoints")
 	f.BoolVar(&o.leaderElect, "leader-elect", true, "elect a leader among the replicas so that only one writes")
 	f.StringVar(&o.leaseName, "leader-election-id", "lanmonitor-controller.lanmonitor.io", "name of the leader election Lease")
@@ -79,6 +96,17 @@ and rolls the nodes' reports up into LanMonitor and IPBlock status.`,
 	f.AddGoFlagSet(flag.CommandLine) // --kubeconfig, registered by controller-runtime
 	cmd.AddCommand(newDrainCommand())
 	return cmd
+}
+
+// metricsOptions is the metrics server of kubebuilder v4: HTTPS, and
+// controller-runtime's filter authenticating and authorizing each request
+// with the API server.
+func metricsOptions(o options) metricsserver.Options {
+	m := metricsserver.Options{BindAddress: o.metricsAddr, SecureServing: o.metricsSecure, CertDir: o.metricsCertDir}
+	if o.metricsSecure {
+		m.FilterProvider = filters.WithAuthenticationAndAuthorization
+	}
+	return m
 }
 
 func run(o options) error {
@@ -99,7 +127,7 @@ func run(o options) error {
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                        scheme,
 		Cache:                         controllers.CacheOptions(),
-		Metrics:                       metricsserver.Options{BindAddress: o.metricsAddr},
+		Metrics:                       metricsOptions(o),
 		HealthProbeBindAddress:        o.probeAddr,
 		LeaderElection:                o.leaderElect,
 		LeaderElectionID:              o.leaseName,
@@ -113,6 +141,11 @@ func run(o options) error {
 	}
 	if err := controllers.Setup(mgr, controllers.Options{NodeWorkers: o.nodeWorkers, StatusWorkers: o.statusWorkers}); err != nil {
 		return err
+	}
+	if o.dashboardAddr != "0" {
+		if err := addDashboard(mgr, cfg, o); err != nil {
+			return err
+		}
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return fmt.Errorf("add healthz check: %w", err)

@@ -157,9 +157,19 @@ func TestAgentDaemonSetSecurity(t *testing.T) {
 			}
 			c := pod.Containers[0]
 			if got, want := append(slices.Clone(c.Command), c.Args...), []string{
-				"/lanmonitor-agent", "kubernetes", "--listen=:9470", "--log-format=json", "--log-level=info",
+				"/lanmonitor-agent", "kubernetes", "--listen=$(HOST_IP):9470", "--listen=127.0.0.1:9470", "--log-format=json", "--log-level=info",
 			}; !slices.Equal(got, want) {
 				t.Errorf("command and args = %q, want %q", got, want)
+			}
+			// $(HOST_IP) is the node's InternalIP, from the downward API.
+			if i := slices.IndexFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == "HOST_IP" }); i < 0 ||
+				c.Env[i].ValueFrom == nil || c.Env[i].ValueFrom.FieldRef == nil || c.Env[i].ValueFrom.FieldRef.FieldPath != "status.hostIP" {
+				t.Errorf("env = %+v, want HOST_IP from status.hostIP", c.Env)
+			}
+			for _, p := range []*corev1.Probe{c.LivenessProbe, c.ReadinessProbe} {
+				if p == nil || p.HTTPGet == nil || p.HTTPGet.Scheme != corev1.URISchemeHTTPS || p.HTTPGet.Host != "127.0.0.1" {
+					t.Errorf("probe %+v, want HTTPS on 127.0.0.1", p)
+				}
 			}
 
 			sc := c.SecurityContext
@@ -291,7 +301,8 @@ func TestController(t *testing.T) {
 	c := pod.Containers[0]
 	if got, want := append(slices.Clone(c.Command), c.Args...), []string{
 		"/lanmonitor-controller", "--leader-elect=true", "--leader-election-namespace=" + namespace,
-		"--metrics-bind-address=:8080", "--health-probe-bind-address=:8081", "--zap-log-level=info",
+		"--metrics-bind-address=:8443", "--dashboard-bind-address=:9480", "--dashboard-interval=5s",
+		"--health-probe-bind-address=:8081", "--zap-log-level=info",
 	}; !slices.Equal(got, want) {
 		t.Errorf("command and args = %q, want %q", got, want)
 	}
@@ -304,8 +315,8 @@ func TestController(t *testing.T) {
 	for _, p := range c.Ports {
 		ports[p.Name] = p.ContainerPort
 	}
-	if !reflect.DeepEqual(ports, map[string]int32{"metrics": 8080, "health": 8081}) {
-		t.Errorf("ports = %v, want metrics 8080 and health 8081", ports)
+	if !reflect.DeepEqual(ports, map[string]int32{"metrics": 8443, "dashboard": 9480, "health": 8081}) {
+		t.Errorf("ports = %v, want metrics 8443, dashboard 9480 and health 8081", ports)
 	}
 	if pod.ServiceAccountName != "lanmonitor-controller" {
 		t.Errorf("serviceAccountName = %q", pod.ServiceAccountName)
@@ -325,7 +336,7 @@ func TestServices(t *testing.T) {
 	for _, tc := range []struct {
 		suffix string
 		port   int32
-	}{{"-controller-metrics", 8080}, {"-agent-metrics", 9470}} {
+	}{{"-controller-metrics", 8443}, {"-agent-metrics", 9470}} {
 		var svc corev1.Service
 		typed(t, find(t, objs, "Service", tc.suffix), &svc)
 		if len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Name != "metrics" || svc.Spec.Ports[0].Port != tc.port ||
@@ -342,16 +353,27 @@ func TestServices(t *testing.T) {
 		t.Fatalf("agent ServiceMonitor endpoints = %v", eps)
 	}
 	ep := eps[0].(map[string]any)
-	if ep["port"] != "metrics" || ep["interval"] != "30s" || ep["scrapeTimeout"] != "10s" {
+	if ep["port"] != "metrics" || ep["interval"] != "30s" || ep["scrapeTimeout"] != "10s" || ep["scheme"] != "https" ||
+		ep["bearerTokenFile"] != "/var/run/secrets/kubernetes.io/serviceaccount/token" ||
+		!reflect.DeepEqual(ep["tlsConfig"], map[string]any{"insecureSkipVerify": true}) {
 		t.Errorf("agent ServiceMonitor endpoint = %v", ep)
 	}
 	if sm.GetLabels()["release"] != "prometheus" {
 		t.Errorf("ServiceMonitor labels = %v, want release=prometheus", sm.GetLabels())
 	}
 
+	// The dashboard Service forwards to the controller's dashboard port.
+	var dash corev1.Service
+	typed(t, find(t, objs, "Service", "-dashboard"), &dash)
+	if len(dash.Spec.Ports) != 1 || dash.Spec.Ports[0].Port != 9480 || dash.Spec.Ports[0].TargetPort.String() != "dashboard" ||
+		dash.Spec.ClusterIP != "" || dash.Spec.Selector["app.kubernetes.io/component"] != "controller" {
+		t.Errorf("dashboard Service %+v", dash.Spec)
+	}
+
 	// Without the Services nothing is rendered for Prometheus.
 	objs = decode(t, template(t, release, namespace,
-		"--set", "agent.metrics.service.enabled=false", "--set", "controller.metrics.service.enabled=false"))
+		"--set", "agent.metrics.service.enabled=false", "--set", "controller.metrics.service.enabled=false",
+		"--set", "controller.dashboard.enabled=false"))
 	if n := count(objs, "Service") + count(objs, "ServiceMonitor"); n != 0 {
 		t.Errorf("%d Services and ServiceMonitors with both disabled", n)
 	}
@@ -410,8 +432,28 @@ func TestRBAC(t *testing.T) {
 	if !reflect.DeepEqual(le.Rules, leaderElectionRules) {
 		t.Errorf("leader election Role rules:\n%s\nwant exactly:\n%s", rulesYAML(t, le.Rules), rulesYAML(t, leaderElectionRules))
 	}
-	if n := count(objs, "ClusterRole") + count(objs, "Role"); n != 5 {
-		t.Errorf("%d ClusterRoles and Roles, want 5 (agent, controller, leader election, drain hook x2)", n)
+	if n := count(objs, "ClusterRole") + count(objs, "Role"); n != 7 {
+		t.Errorf("%d ClusterRoles and Roles, want 7 (agent, controller, leader election, drain hook x2, metrics reader, dashboard viewer)", n)
+	}
+	// Reading what the agents and the controller serve.
+	var metricsReader, viewer rbacv1.ClusterRole
+	typed(t, find(t, objs, "ClusterRole", "-metrics-reader"), &metricsReader)
+	typed(t, find(t, objs, "ClusterRole", "-dashboard-viewer"), &viewer)
+	if want := []rbacv1.PolicyRule{{NonResourceURLs: []string{"/metrics"}, Verbs: []string{"get"}}}; !reflect.DeepEqual(metricsReader.Rules, want) {
+		t.Errorf("metrics reader rules:\n%s", rulesYAML(t, metricsReader.Rules))
+	}
+	if want := []rbacv1.PolicyRule{
+		{APIGroups: []string{"lanmonitor.io"}, Resources: []string{"lanmonitornodes/traffic"}, Verbs: []string{"get"}},
+		{APIGroups: []string{"lanmonitor.io"}, Resources: []string{"lanmonitors"}, Verbs: []string{"get", "list", "watch"}},
+	}; !reflect.DeepEqual(viewer.Rules, want) {
+		t.Errorf("dashboard viewer rules:\n%s", rulesYAML(t, viewer.Rules))
+	}
+	// Both service accounts may review tokens and access (and nothing else).
+	var delegator rbacv1.ClusterRoleBinding
+	typed(t, find(t, objs, "ClusterRoleBinding", "-auth-delegator"), &delegator)
+	if delegator.RoleRef.Name != "system:auth-delegator" || len(delegator.Subjects) != 2 ||
+		delegator.Subjects[0].Name != "lanmonitor-controller" || delegator.Subjects[1].Name != "lanmonitor-agent" {
+		t.Errorf("auth delegator binding %+v", delegator)
 	}
 
 	// The controller's ClusterRole is generated by controller-gen from the
@@ -641,7 +683,7 @@ agent:
 	typed(t, find(t, objs, "DaemonSet", "-agent"), &ds)
 	typed(t, find(t, objs, "Deployment", "-controller"), &dep)
 	c := ds.Spec.Template.Spec.Containers[0]
-	if want := []string{"--listen=:19470", "--log-format=json", "--log-level=info", "--max-prefixes=1048576", "--max-rules=100000"}; !slices.Equal(c.Args, want) {
+	if want := []string{"--listen=$(HOST_IP):19470", "--listen=127.0.0.1:19470", "--log-format=json", "--log-level=info", "--max-prefixes=1048576", "--max-rules=100000"}; !slices.Equal(c.Args, want) {
 		t.Errorf("agent args = %q, want %q", c.Args, want)
 	}
 	if p := c.ReadinessProbe.HTTPGet.Port.IntValue(); p != 19470 {

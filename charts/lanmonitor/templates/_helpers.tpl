@@ -133,13 +133,13 @@ each guard fails the install with what to change.
 {{- fail "agent.serviceAccount.create=false needs agent.serviceAccount.name: the ServiceAccount the chart binds its RBAC to" }}
 {{- end }}
 {{- range .Values.controller.extraArgs }}
-{{- if regexMatch "^--?(leader-elect|leader-election-id|leader-election-namespace|metrics-bind-address|health-probe-bind-address)(=|$)" . }}
+{{- if regexMatch "^--?(leader-elect|leader-election-id|leader-election-namespace|metrics-bind-address|metrics-cert-dir|dashboard-bind-address|dashboard-interval|dashboard-cert-dir|health-probe-bind-address)(=|$)" . }}
 {{- fail (printf "controller.extraArgs: %s is set by the chart (probes, Services and leader election RBAC depend on it)" .) }}
 {{- end }}
 {{- end }}
 {{- range .Values.agent.extraArgs }}
-{{- if regexMatch "^--?(listen|log-format|log-level|node-name|kubeconfig|pin-root|max-prefixes|max-rules|netns)(=|$)" . }}
-{{- fail (printf "agent.extraArgs: %s is set by the chart (use the agent.* value for it; --listen, --node-name, --kubeconfig and --netns are fixed)" .) }}
+{{- if regexMatch "^--?(listen|log-format|log-level|node-name|kubeconfig|pin-root|max-prefixes|max-rules|netns|tls-cert-dir)(=|$)" . }}
+{{- fail (printf "agent.extraArgs: %s is set by the chart (use the agent.* value for it: agent.listenAddresses, agent.tls; --node-name, --kubeconfig and --netns are fixed)" .) }}
 {{- end }}
 {{- end }}
 {{- end }}
