@@ -245,9 +245,14 @@ func down() error {
 // agentAPIs says where each node's agent serves its local API.
 func agentAPIs(d *demo.Demo) string {
 	var b strings.Builder
-	b.WriteString("Each node's agent API (talkers, stats, blocks, metrics):")
+	fmt.Fprintf(&b, "Dashboards (HTTPS, self-signed certificates: accept them in the browser; sign in with the token in %s):", d.ViewerTokenFile)
+	fmt.Fprintf(&b, "\n  cluster: %s/", d.ClusterDashboard)
 	for _, n := range d.Nodes {
-		fmt.Fprintf(&b, "\n  %s: curl %s/api/v1/talkers", n.Name, n.API)
+		fmt.Fprintf(&b, "\n  %s: %s/", n.Name, n.API)
+	}
+	b.WriteString("\nEach node's agent API (talkers, stats, blocks, metrics), with the same token:")
+	for _, n := range d.Nodes {
+		fmt.Fprintf(&b, "\n  %s: curl -k -H \"Authorization: Bearer $(cat %s)\" %s/api/v1/talkers", n.Name, d.ViewerTokenFile, n.API)
 	}
 	return b.String()
 }

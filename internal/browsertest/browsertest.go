@@ -77,6 +77,8 @@ func New(t testing.TB) *Browser {
 		chromedp.Flag("disable-sync", true),
 		chromedp.Flag("no-first-run", true),
 		chromedp.Flag("disable-quic", true),
+		// The servers under test make self-signed certificates.
+		chromedp.Flag("ignore-certificate-errors", true),
 		chromedp.UserDataDir(filepath.Join(t.TempDir(), "profile")),
 		chromedp.WindowSize(1280, 900),
 	)
@@ -100,6 +102,17 @@ func New(t testing.TB) *Browser {
 		}
 	}()
 	return b
+}
+
+// SignIn signs the tab in to the dashboard at base (https://HOST:PORT)
+// with token through its sign-in form (internal/secureserve) and waits
+// for the page the form returns to. Cookies do not tell ports apart, so
+// this signs in to every dashboard on the same host.
+func (b *Browser) SignIn(base, token string) {
+	b.t.Helper()
+	b.Navigate(base + "/login")
+	b.Do(chromedp.SetValue(chromedp.CSS("#token"), token), chromedp.Submit(chromedp.CSS("#token")))
+	b.Wait(`location.pathname === "/" && document.querySelector("#conn") !== null`, 10*time.Second)
 }
 
 // Navigate loads url in the tab and waits for its load event.

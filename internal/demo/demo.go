@@ -14,9 +14,11 @@ package demo
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"net/netip"
 	"net/url"
 	"os"
@@ -31,6 +33,7 @@ import (
 	"github.com/vishvananda/netlink"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -79,7 +82,7 @@ type Node struct {
 	NS    *lab.NS
 	IPv4  netip.Addr
 	IPv6  netip.Addr
-	API   string // the agent's JSON API, http://127.0.0.1:PORT
+	API   string // the agent's JSON API and dashboard, https://127.0.0.1:PORT
 	Agent *Process
 }
 
@@ -105,7 +108,14 @@ type Demo struct {
 	Nodes      []*Node
 	Hosts      map[string]*Host
 	Controller *Process
-	Flows      []*Sender
+	// ClusterDashboard is the controller's dashboard, https://127.0.0.1:PORT.
+	ClusterDashboard string
+	// ViewerToken is a token of the service account lanmonitor-viewer,
+	// bound to the chart's dashboard-viewer and metrics-reader ClusterRoles:
+	// it reads every agent's API, metrics and dashboard and the cluster
+	// dashboard. ViewerTokenFile holds it.
+	ViewerToken, ViewerTokenFile string
+	Flows                        []*Sender
 	// Sinks receive the flows' datagrams in every node and host, by name.
 	Sinks map[string]*Sink
 
@@ -391,6 +401,54 @@ func (d *Demo) tokenKubeconfig(ctx context.Context, sa, file string) (string, er
 	return path, writeKubeconfig(path, d.Config.Host, d.Config.CAData, &clientcmdapi.AuthInfo{Token: tr.Status.Token})
 }
 
+// viewer creates the service account lanmonitor-viewer, binds it to the
+// chart's dashboard-viewer and metrics-reader ClusterRoles, and keeps a
+// 24-hour token of it in ViewerToken and StateDir/viewer.token.
+func (d *Demo) viewer(ctx context.Context) error {
+	const name = "lanmonitor-viewer"
+	objs := []client.Object{&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: Namespace}}}
+	for _, role := range []string{"lanmonitor-dashboard-viewer", "lanmonitor-metrics-reader"} {
+		objs = append(objs, &rbacv1.ClusterRoleBinding{
+			ObjectMeta: metav1.ObjectMeta{Name: name + "-" + strings.TrimPrefix(role, "lanmonitor-")},
+			RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role},
+			Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: name, Namespace: Namespace}},
+		})
+	}
+	for _, o := range objs {
+		if err := d.Client.Create(ctx, o); err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("create %s: %w", o.GetName(), err)
+		}
+	}
+	cs, err := kubernetes.NewForConfig(d.Config)
+	if err != nil {
+		return err
+	}
+	exp := int64(24 * 3600)
+	tr, err := cs.CoreV1().ServiceAccounts(Namespace).CreateToken(ctx, name, &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: &exp}}, metav1.CreateOptions{})
+	if err != nil {
+		return fmt.Errorf("token for service account %s: %w", name, err)
+	}
+	d.ViewerToken = tr.Status.Token
+	d.ViewerTokenFile = filepath.Join(d.o.StateDir, "viewer.token")
+	return os.WriteFile(d.ViewerTokenFile, []byte(d.ViewerToken+"\n"), 0o600)
+}
+
+// Get sends GET url (an agent's or the cluster dashboard's) with the
+// viewer's token, trusting their self-signed certificates (the demo's
+// processes make them at start).
+func (d *Demo) Get(ctx context.Context, url string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+d.ViewerToken)
+	return insecureClient.Do(req)
+}
+
+// insecureClient trusts any certificate: the demo's are self-signed, and
+// reached on loopback only.
+var insecureClient = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+
 // startProcesses runs the controller and one agent per node with the
 // arguments the chart gives them, as the chart's service accounts. The
 // listen addresses move to loopback ports, since every process shares the
@@ -406,8 +464,13 @@ func (d *Demo) startProcesses(ctx context.Context) error {
 	}
 	d.Controller, err = d.start("controller", filepath.Join(d.o.Bin, "lanmonitor-controller"), nil,
 		"--kubeconfig", ckc, "--leader-elect=true", "--leader-election-namespace", Namespace,
-		"--metrics-bind-address", "127.0.0.1:18080", "--health-probe-bind-address", "127.0.0.1:18081")
+		"--metrics-bind-address", "127.0.0.1:18080", "--health-probe-bind-address", "127.0.0.1:18081",
+		"--dashboard-bind-address", "127.0.0.1:19480", "--dashboard-interval", "2s")
 	if err != nil {
+		return err
+	}
+	d.ClusterDashboard = "https://127.0.0.1:19480"
+	if err := d.viewer(ctx); err != nil {
 		return err
 	}
 	if err := os.MkdirAll(d.pinRoot, 0o700); err != nil {
@@ -415,7 +478,7 @@ func (d *Demo) startProcesses(ctx context.Context) error {
 	}
 	for i, n := range d.Nodes {
 		listen := fmt.Sprintf("127.0.0.1:%d", 19471+i)
-		n.API = "http://" + listen
+		n.API = "https://" + listen
 		// One bpffs serves every lab node here, so each agent gets its
 		// own pin root (on a real node it is /sys/fs/bpf/lanmonitor).
 		n.Agent, err = d.start("agent-"+n.Name, filepath.Join(d.o.Bin, "lanmonitor-agent"), []string{"NODE_NAME=" + n.Name},

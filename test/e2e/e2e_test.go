@@ -9,8 +9,10 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -25,6 +27,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/lanmonitor/lanmonitor/api/v1alpha1"
+	"github.com/lanmonitor/lanmonitor/internal/browsertest"
 	"github.com/lanmonitor/lanmonitor/internal/demo"
 	"github.com/lanmonitor/lanmonitor/internal/kubetable"
 	"github.com/lanmonitor/lanmonitor/internal/lab"
@@ -109,6 +112,7 @@ func TestEndToEnd(t *testing.T) {
 
 	t.Run("top talker", func(t *testing.T) { s.t = t; s.topTalker(heavy) })
 	t.Run("blocked frames are dropped, exactly counted", func(t *testing.T) { s.t = t; s.blockedExact() })
+	t.Run("the dashboards show it live, behind sign-in", func(t *testing.T) { s.t = t; s.dashboards(heavy) })
 	t.Run("deleting the IPBlock stops drops within 2s; Audit counts without dropping", func(t *testing.T) { s.t = t; s.deleteAndAudit() })
 	t.Run("snooped traffic is counted only on promiscuous nodes", func(t *testing.T) { s.t = t; s.snoopedOnlyPromiscuous() })
 	t.Run("kill -9 of an agent: blocking holds, the restart adopts", func(t *testing.T) { s.t = t; s.killAgent() })
@@ -280,6 +284,44 @@ func (s *suite) topTalker(heavy *demo.Sender) {
 	s.t.Logf("TOP TALKER %s RATE %s; generated %.0f bit/s, status %.0f bit/s (%.1f%%)", row["TOP TALKER"], row["RATE"], want, bps, 100*(bps-want)/want)
 }
 
+// dashboards: the cluster dashboard and node2's agent dashboard, in
+// Chromium, signed in with the viewer's token: the heavy host is the top
+// talker, the blocked host's drops equal the IPBlock status (exact), every
+// node is attached. Without a token both answer 401.
+func (s *suite) dashboards(heavy *demo.Sender) {
+	for _, u := range []string{s.d.ClusterDashboard + "/api/v1/history", s.d.Nodes[1].API + "/api/v1/history"} {
+		plain := "http://" + strings.TrimPrefix(u, "https://")
+		resp, err := http.Get(plain)
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			s.t.Errorf("GET %s (plain HTTP to the HTTPS port): %s, want 400", plain, resp.Status)
+		}
+		resp, err = (&http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}).Get(u)
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized {
+			s.t.Errorf("GET %s without a token: %s, want 401", u, resp.Status)
+		}
+	}
+	dropped := s.block("blocked-host").Status.DroppedPackets
+	b := browsertest.New(s.t)
+	b.SignIn(s.d.ClusterDashboard, s.d.ViewerToken)
+	b.WaitText("#conn", "live", 10*time.Second)
+	b.WaitText("#talkers tbody tr:first-child th", heavy.Src.String(), 15*time.Second)
+	b.Wait(fmt.Sprintf(`document.querySelector('#blocks tbody tr[data-block="blocked-host"] td[data-col="droppedPackets"]')?.dataset.value === "%d"`, dropped), 15*time.Second)
+	b.WaitText("#nodes-ready", "3 of 3", 15*time.Second)
+
+	b.Navigate(s.d.Nodes[1].API + "/")
+	b.WaitText("#conn", "live", 10*time.Second)
+	b.Wait(fmt.Sprintf(`document.querySelector('#blocks tbody tr[data-block="blocked-host"] td[data-col="dropped"]')?.dataset.value === "%d"`,
+		s.node("node2").Status.IPBlocks[0].DroppedPackets), 15*time.Second)
+}
+
 // blockedExact: once the IPBlock is enforced, a burst from the blocked host
 // to node2 is dropped frame for frame: DROPPED equals what was sent, and
 // node2's stack received none of it.
@@ -422,7 +464,7 @@ func (s *suite) killAgent() {
 			return false
 		}
 		_, prog := promiscFlag(s.t, node2.NS)
-		return prog != 0 && prog != oldProg && agentReady(node2.API)
+		return prog != 0 && prog != oldProg && s.agentReady(node2.API)
 	})
 	raw, _ := os.ReadFile(node2.Agent.Log)
 	if !bytes.Contains(raw, []byte(`"adopted":true`)) {
@@ -434,8 +476,8 @@ func (s *suite) killAgent() {
 	}
 }
 
-func agentReady(api string) bool {
-	resp, err := http.Get(api + "/readyz")
+func (s *suite) agentReady(api string) bool {
+	resp, err := s.d.Get(context.Background(), api+"/readyz")
 	if err != nil {
 		return false
 	}
@@ -443,12 +485,17 @@ func agentReady(api string) bool {
 	return resp.StatusCode == http.StatusOK
 }
 
-func agentStats(t *testing.T, api string) map[string]int64 {
-	resp, err := http.Get(api + "/api/v1/stats")
+func (s *suite) agentStats(api string) map[string]int64 {
+	t := s.t
+	resp, err := s.d.Get(context.Background(), api+"/api/v1/stats")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("GET %s/api/v1/stats: %s %s", api, resp.Status, b)
+	}
 	var m map[string]int64
 	if err := json.NewDecoder(resp.Body).Decode(&m); err != nil {
 		t.Fatal(err)
@@ -463,12 +510,12 @@ func (s *suite) apiServerOutage() {
 	defer flow.Stop()
 	blockedBefore := s.d.Sinks["node2"].From(h.IPv4)
 	droppedBefore := s.block("blocked-host").Status.DroppedPackets
-	packetsBefore := agentStats(s.t, node1.API)["packets"]
+	packetsBefore := s.agentStats(node1.API)["packets"]
 	if err := s.d.StopAPIServer(); err != nil {
 		s.t.Fatal(err)
 	}
 	time.Sleep(30 * time.Second)
-	packetsDuring := agentStats(s.t, node1.API)["packets"]
+	packetsDuring := s.agentStats(node1.API)["packets"]
 	if packetsDuring-packetsBefore < 25*demo.HeavyPPS {
 		s.t.Fatalf("node1 counted %d frames in 30 s without the API server, want >= %d", packetsDuring-packetsBefore, 25*demo.HeavyPPS)
 	}
