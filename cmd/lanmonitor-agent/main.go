@@ -5,8 +5,8 @@ package main
 
 import (
 	"fmt"
-	"net"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"syscall"
@@ -169,8 +169,8 @@ func restConfig(path string) (*rest.Config, error) {
 
 func newStandaloneCommand() *cobra.Command {
 	var (
-		c      common
-		iface  string
+		c       common
+		iface   string
 		files   []string
 		serving agent.Serving
 		keep    bool
