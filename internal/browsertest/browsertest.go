@@ -112,7 +112,11 @@ func (b *Browser) SignIn(base, token string) {
 	b.t.Helper()
 	b.Navigate(base + "/login")
 	b.Do(chromedp.SetValue(chromedp.CSS("#token"), token), chromedp.Submit(chromedp.CSS("#token")))
-	b.Wait(`location.pathname === "/" && document.querySelector("#conn") !== null`, 10*time.Second)
+	b.waitFor(10*time.Second, func() bool {
+		return Eval[bool](b, `location.pathname === "/" && document.querySelector("#conn") !== null`)
+	}, func() string {
+		return "the dashboard after signing in; the tab is at " + Eval[string](b, `location.href + ": " + document.body.innerText.slice(0, 300)`)
+	})
 }
 
 // Navigate loads url in the tab and waits for its load event.

@@ -29,6 +29,12 @@ func serve(t *testing.T, g *secureserve.Guard) *httptest.Server {
 	h.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "served "+r.Method+" "+r.URL.Path+"\n")
 	})
+	return serveHandler(t, g, h)
+}
+
+// serveHandler runs h behind g over TLS with a self-signed certificate.
+func serveHandler(t *testing.T, g *secureserve.Guard, h http.Handler) *httptest.Server {
+	t.Helper()
 	srv := httptest.NewUnstartedServer(g.Wrap(h))
 	cfg, self, err := secureserve.TLSConfig(context.Background(), logr.Discard(), t.TempDir(), "198.18.0.1", "agent.example")
 	if err != nil || !self {
@@ -176,6 +182,12 @@ func TestSignIn(t *testing.T) {
 	evil := map[string]string{"Content-Type": "application/x-www-form-urlencoded", "Origin": "https://attacker.example"}
 	if r := do(t, srv, http.MethodPost, "/login", "", evil, form(viewer)); r.code != 403 || len(r.resp.Cookies()) != 0 {
 		t.Fatalf("cross-origin sign-in: %d %v", r.code, r.resp.Cookies())
+	}
+	for _, h := range []map[string]string{{"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"}} {
+		h["Content-Type"] = "application/x-www-form-urlencoded"
+		if r := do(t, srv, http.MethodPost, "/login", "", h, form(viewer)); r.code != 403 || len(r.resp.Cookies()) != 0 {
+			t.Fatalf("sign-in with %v: %d %v", h, r.code, r.resp.Cookies())
+		}
 	}
 	r := do(t, srv, http.MethodPost, "/login", "", post, form(viewer))
 	if r.code != http.StatusSeeOther || r.resp.Header.Get("Location") != "/" || len(r.resp.Cookies()) != 1 {

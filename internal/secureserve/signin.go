@@ -51,7 +51,9 @@ func (g *Guard) login(w http.ResponseWriter, r *http.Request) {
 	h := w.Header()
 	h.Set("Content-Security-Policy", "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Referrer-Policy", "no-referrer")
+	// same-origin, not no-referrer: with no-referrer a browser posts the
+	// form with "Origin: null", which the check below must refuse.
+	h.Set("Referrer-Policy", "same-origin")
 	h.Set("Cache-Control", "no-store")
 	show := func(status int, msg string) {
 		h.Set("Content-Type", "text/html; charset=utf-8")
@@ -69,12 +71,11 @@ func (g *Guard) login(w http.ResponseWriter, r *http.Request) {
 		}
 		show(http.StatusOK, msg)
 	case http.MethodPost:
-		// A form posted from another site is refused (login CSRF).
-		if o := r.Header.Get("Origin"); o != "" {
-			if u, err := url.Parse(o); err != nil || u.Host != r.Host {
-				show(http.StatusForbidden, "Refused: the form was posted from another origin.")
-				return
-			}
+		// A form posted from another site is refused (login CSRF): by the
+		// browser's Sec-Fetch-Site, else its Origin.
+		if !sameOrigin(r) {
+			show(http.StatusForbidden, "Refused: the form was posted from another origin.")
+			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, maxTokenBytes)
 		if err := r.ParseForm(); err != nil {
@@ -106,4 +107,23 @@ func (g *Guard) login(w http.ResponseWriter, r *http.Request) {
 		h.Set("Allow", "GET, HEAD, POST")
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 	}
+}
+
+// sameOrigin reports whether r was sent by a page of this server (or by a
+// client that is not a browser, which sends neither header): Sec-Fetch-Site
+// (Fetch Metadata) same-origin or none, else an Origin whose host is r.Host.
+func sameOrigin(r *http.Request) bool {
+	switch r.Header.Get("Sec-Fetch-Site") {
+	case "same-origin", "none":
+		return true
+	case "":
+	default:
+		return false
+	}
+	o := r.Header.Get("Origin")
+	if o == "" {
+		return true
+	}
+	u, err := url.Parse(o)
+	return err == nil && u.Host == r.Host
 }
