@@ -13,9 +13,11 @@ package cluster
 
 import (
 	"bytes"
+	"crypto/tls"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -89,6 +91,9 @@ type suite struct {
 	dstMAC      net.HardwareAddr
 	srcMAC      net.HardwareAddr
 	timings     []string
+	// viewer is a token of a service account bound to the chart's
+	// dashboard-viewer and metrics-reader ClusterRoles (viewerToken).
+	viewer string
 }
 
 func TestCluster(t *testing.T) {
@@ -178,6 +183,10 @@ func TestCluster(t *testing.T) {
 		s.applyObjects()
 		s.countedBurst()
 		s.blockedBurst()
+	})
+	ok = ok && t.Run("dashboards: the node's and the cluster's, authenticated, exact", func(t *testing.T) {
+		s.t = t
+		s.dashboards()
 	})
 	ok = ok && t.Run("kubectl delete pod: blocking holds, the new pod adopts", func(t *testing.T) {
 		s.t = t
@@ -729,9 +738,54 @@ type agentTalker struct {
 	Bytes   int64  `json:"bytes"`
 }
 
-// agentTalkers reads the agent's /api/v1/talkers on its host-network port.
+// insecure trusts the agents' and the controller's self-signed certificates.
+var insecure = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+
+// viewerToken creates (once) the service account lanmonitor-test-viewer,
+// binds it to the chart's dashboard-viewer and metrics-reader ClusterRoles
+// and returns a token of it from `kubectl create token`.
+func (s *suite) viewerToken() string {
+	if s.viewer == "" {
+		s.kubectlRun("-n", namespace, "create", "serviceaccount", "lanmonitor-test-viewer")
+		for _, role := range []string{"dashboard-viewer", "metrics-reader"} {
+			s.kubectlRun("create", "clusterrolebinding", "lanmonitor-test-"+role, "--clusterrole", release+"-"+role,
+				"--serviceaccount", namespace+":lanmonitor-test-viewer")
+			s.t.Cleanup(func() {
+				s.kubectlCmd("delete", "clusterrolebinding", "lanmonitor-test-"+role, "--ignore-not-found").Run()
+			})
+		}
+		s.viewer = strings.TrimSpace(s.kubectlRun("-n", namespace, "create", "token", "lanmonitor-test-viewer"))
+	}
+	return s.viewer
+}
+
+// get sends GET url with token ("" none) and returns the status and body.
+func (s *suite) get(url, token string) (int, []byte, error) {
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return 0, nil, err
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := insecure.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, b, err
+}
+
+// agentTalkers reads the agent's /api/v1/talkers on its host-network
+// port (127.0.0.1, HTTPS, the viewer's token).
 func (s *suite) agentTalkers() map[string]agentTalker {
-	resp, err := http.Get("http://127.0.0.1:9470/api/v1/talkers?interface=" + s.env.LabInterface)
+	req, err := http.NewRequest(http.MethodGet, "https://127.0.0.1:9470/api/v1/talkers?interface="+s.env.LabInterface, nil)
+	if err != nil {
+		return nil
+	}
+	req.Header.Set("Authorization", "Bearer "+s.viewerToken())
+	resp, err := insecure.Do(req)
 	if err != nil {
 		return nil
 	}
@@ -748,6 +802,81 @@ func (s *suite) agentTalkers() map[string]agentTalker {
 		m[t.Address] = t
 	}
 	return m
+}
+
+// dashboards: the agent (on the node's loopback) and the controller's
+// cluster dashboard (through kubectl port-forward of its Service) answer
+// 401 without a token and 403 with one without the role; with the viewer's
+// token the agent's latest report event and the cluster roll-up carry the
+// exact drops of the blocked bursts, and both pages are served.
+func (s *suite) dashboards() {
+	want := s.blockedSent.Load()
+	pf := s.kubectlCmd("-n", namespace, "port-forward", "svc/"+release+"-dashboard", "19480:9480")
+	if err := pf.Start(); err != nil {
+		s.t.Fatal(err)
+	}
+	defer func() { pf.Process.Kill(); pf.Wait() }()
+	s.kubectlRun("-n", namespace, "create", "serviceaccount", "lanmonitor-test-nobody")
+	nobody := strings.TrimSpace(s.kubectlRun("-n", namespace, "create", "token", "lanmonitor-test-nobody"))
+	viewer := s.viewerToken()
+	for _, base := range []string{"https://127.0.0.1:9470", "https://127.0.0.1:19480"} {
+		var code int
+		s.waitFor(30*time.Second, base+" to answer", func() bool {
+			var err error
+			code, _, err = s.get(base+"/api/v1/history?limit=1", "")
+			return err == nil
+		})
+		if code != http.StatusUnauthorized {
+			s.t.Errorf("GET %s/api/v1/history without a token: %d, want 401", base, code)
+		}
+		if code, body, _ := s.get(base+"/api/v1/history?limit=1", nobody); code != http.StatusForbidden {
+			s.t.Errorf("GET %s/api/v1/history with a token without the role: %d %s, want 403", base, code, body)
+		}
+		if code, body, _ := s.get(base+"/", viewer); code != http.StatusOK || !strings.Contains(string(body), "<title>") {
+			s.t.Errorf("GET %s/: %d %.200s", base, code, body)
+		}
+	}
+	latest := func(base string, v any) bool {
+		code, body, err := s.get(base+"/api/v1/history?limit=1", viewer)
+		var h struct {
+			Events []struct {
+				Data json.RawMessage `json:"data"`
+			} `json:"events"`
+		}
+		return err == nil && code == http.StatusOK && json.Unmarshal(body, &h) == nil && len(h.Events) == 1 && json.Unmarshal(h.Events[0].Data, v) == nil
+	}
+	s.waitFor(30*time.Second, fmt.Sprintf("the agent's report event with %d dropped by %s", want, blockName), func() bool {
+		var ev struct {
+			Rules []struct {
+				Name           string `json:"name"`
+				DroppedPackets int64  `json:"droppedPackets"`
+			} `json:"rules"`
+		}
+		return latest("https://127.0.0.1:9470", &ev) && len(ev.Rules) == 1 && ev.Rules[0].Name == blockName && ev.Rules[0].DroppedPackets == want
+	})
+	node := s.agentPod().Spec.NodeName
+	s.waitFor(30*time.Second, fmt.Sprintf("the cluster roll-up with %s attached and %d dropped", node, want), func() bool {
+		var ev struct {
+			Nodes []struct {
+				Node     string `json:"node"`
+				Attached bool   `json:"attached"`
+			} `json:"nodes"`
+			Totals struct {
+				DroppedPackets int64 `json:"droppedPackets"`
+			} `json:"totals"`
+			IPBlocks []struct {
+				Name     string `json:"name"`
+				Enforced int    `json:"enforced"`
+				PerNode  []struct {
+					Node           string `json:"node"`
+					DroppedPackets int64  `json:"droppedPackets"`
+				} `json:"perNode"`
+			} `json:"ipBlocks"`
+		}
+		return latest("https://127.0.0.1:19480", &ev) && len(ev.Nodes) == 1 && ev.Nodes[0].Node == node && ev.Nodes[0].Attached &&
+			ev.Totals.DroppedPackets == want && len(ev.IPBlocks) == 1 && ev.IPBlocks[0].Enforced == 1 &&
+			len(ev.IPBlocks[0].PerNode) == 1 && ev.IPBlocks[0].PerNode[0].DroppedPackets == want
+	})
 }
 
 // countedBurst sends counted bursts from two lab hosts; the LanMonitor
