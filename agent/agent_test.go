@@ -620,6 +620,41 @@ func TestMetricsAndSampling(t *testing.T) {
 	if n := strings.Count(metrics, "\nlanmonitor_talker_bits_per_second{"); n != 2 {
 		t.Errorf("%d talker gauges, want topN = 2", n)
 	}
+
+	// 1,000 different talkers over four reports: each scrape holds the
+	// current top 2 only, without a rank label (a series per address, not
+	// per address and rank).
+	gauge := regexp.MustCompile(`(?m)^lanmonitor_talker_bits_per_second\{(.*)\} `)
+	for wave := range 4 {
+		var frames [][]byte
+		for i := range 250 {
+			frames = append(frames, udp(fmt.Sprintf("198.18.%d.%d", 10+wave, 1+i), 10+wave))
+		}
+		l.send(t, frames...)
+		// Until a report ranks this wave first, every scrape still holds 2.
+		waitFor(t, 5*time.Second, fmt.Sprintf("wave %d's sources as the top 2", wave), func() bool {
+			resp, err := a.do("/metrics")
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			series := gauge.FindAllStringSubmatch(string(body), -1)
+			if len(series) != 2 {
+				t.Fatalf("wave %d: %d talker series, want 2", wave, len(series))
+			}
+			current := 0
+			for _, m := range series {
+				if strings.Contains(m[1], "rank=") {
+					t.Fatalf("talker series with a rank label: {%s}", m[1])
+				}
+				if strings.Contains(m[1], fmt.Sprintf(`address="198.18.%d.`, 10+wave)) {
+					current++
+				}
+			}
+			return current == 2
+		})
+	}
 	if !a.logged(`msg="flow sample"`, "src=198.18.0.66", "dst=198.18.0.1", "proto=17", "srcPort=4000", "dstPort=5000", "traffic=local", "verdict=drop", "ruleID=") ||
 		!a.logged(`msg="flow sample"`, "src=198.18.0.100", "verdict=pass") {
 		t.Errorf("flow sample lines missing:\n%s", a.logs)

@@ -46,14 +46,14 @@ var (
 	descRuleM    = prometheus.NewDesc("lanmonitor_rule_matched_packets_total", "Frames whose address matched the IPBlock.", []string{"interface", "ipblock"}, nil)
 	descRuleD    = prometheus.NewDesc("lanmonitor_rule_dropped_packets_total", "Frames the IPBlock dropped.", []string{"interface", "ipblock"}, nil)
 	descRuleE    = prometheus.NewDesc("lanmonitor_rule_exempted_packets_total", "Frames the IPBlock matched but passed because the address is protected.", []string{"interface", "ipblock"}, nil)
-	descTalkBps  = prometheus.NewDesc("lanmonitor_talker_bits_per_second", "Rate of a top-N talker over the last report interval.", []string{"interface", "address", "internal", "rank"}, nil)
+	descTalkBps  = prometheus.NewDesc("lanmonitor_talker_bits_per_second", "Rate of a top-N talker over the last report interval.", []string{"interface", "address", "internal"}, nil)
 	descReport   = prometheus.NewDesc("lanmonitor_report_duration_seconds", "Time the reports took: reading the maps, ranking the talkers, publishing the dashboard event.", labelsIf, nil)
 	descEvClient = prometheus.NewDesc("lanmonitor_dashboard_clients", "Clients connected to GET /api/v1/events.", labelsIf, nil)
 	descEvBytes  = prometheus.NewDesc("lanmonitor_dashboard_history_bytes", "Bytes of the report events kept for the dashboard (their JSON).", labelsIf, nil)
 	descEvCount  = prometheus.NewDesc("lanmonitor_dashboard_history_events", "Report events kept for the dashboard.", labelsIf, nil)
 	descEvDrop   = prometheus.NewDesc("lanmonitor_dashboard_dropped_clients_total", "Event-stream clients disconnected because they fell behind.", labelsIf, nil)
 	descEvRefuse = prometheus.NewDesc("lanmonitor_dashboard_refused_clients_total", "Event-stream clients refused (429) because too many were connected.", labelsIf, nil)
-	descTalkPps  = prometheus.NewDesc("lanmonitor_talker_packets_per_second", "Packet rate of a top-N talker over the last report interval.", []string{"interface", "address", "internal", "rank"}, nil)
+	descTalkPps  = prometheus.NewDesc("lanmonitor_talker_packets_per_second", "Packet rate of a top-N talker over the last report interval.", []string{"interface", "address", "internal"}, nil)
 )
 
 func init() {
@@ -109,8 +109,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descRuleD, prometheus.CounterValue, float64(rr.Dropped), ifn, rr.Name)
 			ch <- prometheus.MustNewConstMetric(descRuleE, prometheus.CounterValue, float64(rr.Exempted), ifn, rr.Name)
 		}
-		for i, t := range r.TopTalkers {
-			labels := []string{ifn, t.Address.String(), strconv.FormatBool(t.Internal), strconv.Itoa(i + 1)}
+		// The gauges of the current top N only, and no rank label: a talker
+		// keeps one series while it stays in the top N (whatever its rank),
+		// and a scrape never holds more than N series per family.
+		for _, t := range r.TopTalkers {
+			labels := []string{ifn, t.Address.String(), strconv.FormatBool(t.Internal)}
 			ch <- prometheus.MustNewConstMetric(descTalkBps, prometheus.GaugeValue, float64(t.BitsPerSecond), labels...)
 			ch <- prometheus.MustNewConstMetric(descTalkPps, prometheus.GaugeValue, float64(t.PacketsPerSecond), labels...)
 		}
