@@ -151,7 +151,8 @@ type nodeAgent struct {
 	failures map[string]string   // by monitor: why its interface is not running
 	retryAt  time.Time
 
-	appliedBlocks string // blockGenerations of the last sync
+	appliedBlocks string                 // blockGenerations of the last sync
+	parsed        map[string]cachedBlock // by IPBlock name: the blocks of the last sync
 
 	lastStatus *v1alpha1.LanMonitorNodeStatus
 	lastUID    types.UID
@@ -197,43 +198,69 @@ func (a *nodeAgent) ready() error {
 	return nil
 }
 
+// maxIdle bounds the time between two syncs without any event: the
+// safety net for what no watch reports (a new default route moving the
+// monitored interface). Syncs of an unchanged configuration are cheap:
+// the blocks are cached by generation and Manager.Apply skips a
+// configuration already in force.
+const maxIdle = time.Minute
+
+// run syncs on every event of the watched objects (poke) and otherwise
+// only when something is due: the next status report, a retry of a failed
+// interface, an IPBlock's expiresAt, or maxIdle.
 func (a *nodeAgent) run(ctx context.Context) error {
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
 	for {
-		if err := a.sync(ctx); err != nil && ctx.Err() == nil {
+		wait, err := a.sync(ctx)
+		if err != nil && ctx.Err() == nil {
 			a.log.Error("sync", "error", err)
+			wait = min(wait, time.Second) // an API error: try again soon
 		}
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return nil
 		case <-a.wake:
-		case <-tick.C:
+		case <-t.C:
 		}
+		t.Stop()
 	}
 }
 
-// sync makes the managers match the LanMonitorNode and reports.
-func (a *nodeAgent) sync(ctx context.Context) error {
+// sync makes the managers match the LanMonitorNode and reports. It
+// returns how long the agent may sleep until something is due.
+func (a *nodeAgent) sync(ctx context.Context) (time.Duration, error) {
+	now := time.Now()
 	var lmn v1alpha1.LanMonitorNode
 	err := a.cache.Get(ctx, client.ObjectKey{Name: a.o.NodeName}, &lmn)
 	if apierrors.IsNotFound(err) {
 		lmn = v1alpha1.LanMonitorNode{} // nothing selects this node
 	} else if err != nil {
-		return err
+		return maxIdle, err
 	}
-	blocks, err := a.blocks(ctx, &lmn)
+	blocks, expiry, err := a.blocks(ctx, &lmn, now)
 	if err != nil {
-		return err
+		return maxIdle, err
 	}
 	fresh := a.reconcile(lmn.Spec.Interfaces, blocks)
 	if gens := blockGenerations(blocks); fresh || gens != a.appliedBlocks {
 		a.appliedBlocks = gens
 		TuneMemoryLimit() // after a blocklist change: the heap's size changed
 	}
-	if lmn.Name == "" {
-		return nil
+	wait := maxIdle
+	if !expiry.IsZero() {
+		wait = min(wait, max(expiry.Sub(now), 0)+10*time.Millisecond)
 	}
+	a.mu.Lock()
+	if len(a.failures) > 0 {
+		wait = min(wait, max(time.Until(a.retryAt), 0)+10*time.Millisecond)
+	}
+	a.mu.Unlock()
+	if lmn.Name == "" {
+		return wait, nil
+	}
+	// The managers report every interval; the status follows them.
+	wait = min(wait, reportInterval(lmn.Spec.Interfaces))
 	err = a.report(ctx, &lmn, blocks, fresh)
 	if apierrors.IsNotFound(err) {
 		// The object is gone though the cache, still catching up (after
@@ -241,36 +268,59 @@ func (a *nodeAgent) sync(ctx context.Context) error {
 		// has it: nothing selects this node any more.
 		a.log.Info("LanMonitorNode deleted; releasing every interface")
 		a.reconcile(nil, nil)
-		return nil
+		return wait, nil
 	}
-	return err
+	return wait, err
+}
+
+// cachedBlock is a Block built from one generation of an IPBlock.
+type cachedBlock struct {
+	ruleID     int32
+	generation int64
+	block      Block
 }
 
 // blocks joins the LanMonitorNode's IPBlock references with the IPBlocks of
 // the cache: the controller gives the rule ID, the IPBlock its CIDRs and
-// generation. A block that is gone or expired is left out.
-func (a *nodeAgent) blocks(ctx context.Context, lmn *v1alpha1.LanMonitorNode) ([]Block, error) {
-	var out []Block
-	now := time.Now()
+// generation. A block that is gone or expired at now is left out; expiry
+// is the earliest expiresAt still to come (zero: none). Blocks are parsed
+// once per generation and rule ID (a.parsed).
+func (a *nodeAgent) blocks(ctx context.Context, lmn *v1alpha1.LanMonitorNode, now time.Time) ([]Block, time.Time, error) {
+	var (
+		out    []Block
+		expiry time.Time
+	)
+	parsed := make(map[string]cachedBlock, len(lmn.Spec.IPBlocks))
 	for _, ref := range lmn.Spec.IPBlocks {
 		var ipb v1alpha1.IPBlock
 		if err := a.cache.Get(ctx, client.ObjectKey{Name: ref.Name}, &ipb); err != nil {
 			if apierrors.IsNotFound(err) {
 				continue
 			}
-			return nil, err
+			return nil, time.Time{}, err
 		}
-		if ipb.Spec.ExpiresAt != nil && !now.Before(ipb.Spec.ExpiresAt.Time) {
-			continue
+		if e := ipb.Spec.ExpiresAt; e != nil {
+			if !now.Before(e.Time) {
+				continue
+			}
+			if expiry.IsZero() || e.Time.Before(expiry) {
+				expiry = e.Time
+			}
 		}
-		b, err := BlockFromAPI(ipb.Name, uint32(ref.RuleID), ipb.Generation, ipb.Spec)
-		if err != nil {
-			a.log.Error("IPBlock not applied", "ipblock", ipb.Name, "error", err)
-			continue
+		c, ok := a.parsed[ipb.Name]
+		if !ok || c.ruleID != ref.RuleID || c.generation != ipb.Generation {
+			b, err := BlockFromAPI(ipb.Name, uint32(ref.RuleID), ipb.Generation, ipb.Spec)
+			if err != nil {
+				a.log.Error("IPBlock not applied", "ipblock", ipb.Name, "error", err)
+				continue
+			}
+			c = cachedBlock{ruleID: ref.RuleID, generation: ipb.Generation, block: b}
 		}
-		out = append(out, b)
+		parsed[ipb.Name] = c
+		out = append(out, c.block)
 	}
-	return out, nil
+	a.parsed = parsed
+	return out, expiry, nil
 }
 
 // blockGenerations identifies a blocklist by its blocks' names and

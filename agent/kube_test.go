@@ -4,36 +4,17 @@ import (
 	"context"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/lanmonitor/lanmonitor/api/v1alpha1"
 	"github.com/lanmonitor/lanmonitor/internal/lab"
 	"github.com/lanmonitor/lanmonitor/internal/testenv"
 )
-
-// writeKubeconfig writes a kubeconfig for rc into dir.
-func writeKubeconfig(t *testing.T, rc *rest.Config, dir string) string {
-	t.Helper()
-	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters["test"] = &clientcmdapi.Cluster{Server: rc.Host, CertificateAuthorityData: rc.CAData}
-	cfg.AuthInfos["test"] = &clientcmdapi.AuthInfo{ClientCertificateData: rc.CertData, ClientKeyData: rc.KeyData, Token: rc.BearerToken}
-	cfg.Contexts["test"] = &clientcmdapi.Context{Cluster: "test", AuthInfo: "test"}
-	cfg.CurrentContext = "test"
-	p := filepath.Join(dir, "kubeconfig")
-	if err := clientcmd.WriteToFile(*cfg, p); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
 
 // TestKubernetesMode runs the real agent in Kubernetes mode for a lab node
 // against a real API server, with the test acting as the controller: a
@@ -70,7 +51,7 @@ func TestKubernetesMode(t *testing.T) {
 	dir := t.TempDir()
 	bin := agentBinary(t, "dev")
 	p := &agentProc{t: t, logs: &syncBuffer{}, exited: make(chan struct{})}
-	p.cmd = exec.Command(bin, "kubernetes", "--node-name", "node-a", "--kubeconfig", writeKubeconfig(t, env.Config, dir),
+	p.cmd = exec.Command(bin, "kubernetes", "--node-name", "node-a", "--kubeconfig", env.WriteKubeconfig(t, dir),
 		"--netns", l.node.Path, "--pin-root", l.pinRoot, "--listen", "127.0.0.1:0", "--log-level", "debug")
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
 	if err := lab.Start(p.cmd); err != nil {

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"sync"
 	"syscall"
@@ -677,9 +678,19 @@ func (m *Manager) Rules() ([]RuleReport, error) {
 // the program atomically (counters restart); a new attach mode re-attaches
 // (the kernel allows one mode at a time, so for a moment no program runs);
 // promiscuity is set or restored. cfg.Interface must not change.
-// On error the previous configuration stays in force.
+// On error the previous configuration stays in force. The configuration
+// already in force (equal after defaults) is a no-op, so callers may apply
+// on every sync.
 func (m *Manager) Apply(cfg Config) error {
 	cfg = cfg.WithDefaults()
+	// The configuration in force again (the node agent applies what its
+	// LanMonitorNode says on every sync): nothing to validate or write.
+	m.mu.Lock()
+	same := reflect.DeepEqual(cfg, m.cfg)
+	m.mu.Unlock()
+	if same {
+		return nil
+	}
 	if err := cfg.Validate(m.opts.MaxRules); err != nil {
 		return err
 	}

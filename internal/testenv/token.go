@@ -2,12 +2,15 @@ package testenv
 
 import (
 	"context"
+	"path/filepath"
 	"testing"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
@@ -41,4 +44,22 @@ func (e *Env) Token(t testing.TB, name string, rules ...rbacv1.PolicyRule) strin
 		t.Fatalf("request a token for %s: %v", name, err)
 	}
 	return tr.Status.Token
+}
+
+// WriteKubeconfig writes a kubeconfig reaching the API server as
+// administrator (the credentials of Config) to dir/kubeconfig and returns
+// its path, for processes under test such as the agent.
+func (e *Env) WriteKubeconfig(t testing.TB, dir string) string {
+	t.Helper()
+	rc := e.Config
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["test"] = &clientcmdapi.Cluster{Server: rc.Host, CertificateAuthorityData: rc.CAData}
+	cfg.AuthInfos["test"] = &clientcmdapi.AuthInfo{ClientCertificateData: rc.CertData, ClientKeyData: rc.KeyData, Token: rc.BearerToken}
+	cfg.Contexts["test"] = &clientcmdapi.Context{Cluster: "test", AuthInfo: "test"}
+	cfg.CurrentContext = "test"
+	p := filepath.Join(dir, "kubeconfig")
+	if err := clientcmd.WriteToFile(*cfg, p); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

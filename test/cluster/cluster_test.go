@@ -79,7 +79,8 @@ var (
 )
 
 type suite struct {
-	t       *testing.T
+	t       *testing.T // the current subtest
+	top     *testing.T // TestCluster itself, for cleanups that outlive a subtest
 	repo    string
 	kubectl string
 	helm    string
@@ -99,7 +100,7 @@ type suite struct {
 func TestCluster(t *testing.T) {
 	privileged.Require(t)
 	start := time.Now()
-	s := &suite{t: t, repo: repoRoot(t)}
+	s := &suite{t: t, top: t, repo: repoRoot(t)}
 	s.dstMAC, _ = net.ParseMAC(localcluster.LabInterfaceMAC)
 	s.srcMAC, _ = net.ParseMAC(localcluster.LabPeerInterfaceMAC)
 	kubeDir := s.tool("", "cluster")
@@ -835,6 +836,17 @@ func (s *suite) dashboards() {
 		if code, body, _ := s.get(base+"/", viewer); code != http.StatusOK || !strings.Contains(string(body), "<title>") {
 			s.t.Errorf("GET %s/: %d %.200s", base, code, body)
 		}
+	}
+	if s.t.Failed() {
+		for _, what := range []string{"list lanmonitors.lanmonitor.io", "get lanmonitornodes.lanmonitor.io/x --subresource traffic"} {
+			args := append([]string{"auth", "can-i"}, strings.Fields(what)...)
+			out, _ := s.kubectlCmd(append(args, "--as", "system:serviceaccount:"+namespace+":lanmonitor-test-viewer")...).CombinedOutput()
+			s.t.Logf("kubectl auth can-i %s as the viewer: %s", what, strings.TrimSpace(string(out)))
+		}
+		out, _ := s.kubectlCmd("get", "clusterrolebindings", "-o", "wide").CombinedOutput()
+		s.t.Logf("clusterrolebindings:\n%s", out)
+		out, _ = s.kubectlCmd("-n", namespace, "logs", "deploy/"+release+"-controller", "--tail", "30").CombinedOutput()
+		s.t.Logf("controller log:\n%s", out)
 	}
 	latest := func(base string, v any) bool {
 		code, body, err := s.get(base+"/api/v1/history?limit=1", viewer)
