@@ -542,7 +542,7 @@ func TestBadInput(t *testing.T) {
 		want string
 	}{
 		{"missing interface", []string{"standalone", "-i", "nosuch0", "-f", good}, 0, `interface "nosuch0" not found in network namespace`},
-		{"invalid cidr", []string{"standalone", "-i", "lan0", "-f", bad}, 0, `IPBlock "bad"): spec.cidrs[0]: Invalid value: "10.0.0.0/33": must be an IPv4 or IPv6 address or CIDR`},
+		{"invalid cidr", []string{"standalone", "-i", "lan0", "-f", bad}, 0, `IPBlock "bad"): spec.cidrs[0]: Invalid value: "10.0.0.0/33": must be an IPv4 or IPv6 address or CIDR; IPv4-mapped IPv6 (::ffff:a.b.c.d) is refused: write the IPv4 form`},
 		{"bad flag", []string{"standalone", "-i", "lan0", "-f", good, "--listen-on", "x"}, 0, "unknown flag: --listen-on"},
 		{"missing file", []string{"standalone", "-i", "lan0"}, 0, `required flag(s) "file" not set`},
 		{"LAN listen without a token", []string{"standalone", "-i", "lan0", "-f", good, "--listen", "198.18.0.1:9470"}, 0,

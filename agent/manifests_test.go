@@ -104,8 +104,11 @@ func TestStandaloneManifestErrors(t *testing.T) {
 		name, body string
 		want       []string
 	}{
-		{"cidr out of range", block(`  cidrs: ["300.1.2.3"]`), []string{`document 1 (IPBlock "bad")`, "spec.cidrs[0]", "must be an IPv4 or IPv6 address or CIDR"}},
-		{"prefix too long", block(`  cidrs: ["10.0.0.0/33"]`), []string{"spec.cidrs[0]", "must be an IPv4 or IPv6 address or CIDR"}},
+		{"cidr out of range", block(`  cidrs: ["300.1.2.3"]`), []string{`document 1 (IPBlock "bad")`, "spec.cidrs[0]", "must be an IPv4 or IPv6 address or CIDR; IPv4-mapped IPv6 (::ffff:a.b.c.d) is refused: write the IPv4 form"}},
+		{"IPv4-mapped address", block(`  cidrs: ["::ffff:198.51.100.66"]`), []string{"spec.cidrs[0]", `"::ffff:198.51.100.66"`, "must be an IPv4 or IPv6 address or CIDR; IPv4-mapped IPv6 (::ffff:a.b.c.d) is refused: write the IPv4 form"}},
+		{"IPv4-mapped prefix", block(`  cidrs: ["::ffff:0:0/96"]`), []string{"spec.cidrs[0]", "must be an IPv4 or IPv6 address or CIDR; IPv4-mapped IPv6 (::ffff:a.b.c.d) is refused: write the IPv4 form"}},
+		{"IPv4-mapped protected address", monitor(`  protectedCIDRs: ["::FFFF:198.18.0.1"]`), []string{"spec.protectedCIDRs[0]", "must be an IPv4 or IPv6 address or CIDR; IPv4-mapped IPv6 (::ffff:a.b.c.d) is refused: write the IPv4 form"}},
+		{"prefix too long", block(`  cidrs: ["10.0.0.0/33"]`), []string{"spec.cidrs[0]", "must be an IPv4 or IPv6 address or CIDR; IPv4-mapped IPv6 (::ffff:a.b.c.d) is refused: write the IPv4 form"}},
 		{"empty cidr list", block(`  cidrs: []`), []string{"spec.cidrs", "should have at least 1 items"}},
 		{"unknown direction", block("  cidrs: [198.18.0.1]\n  direction: Sideways"), []string{"spec.direction", `Unsupported value: "Sideways"`}},
 		{"unknown field", block("  cidrs: [198.18.0.1]\n  cidr: 198.18.0.2"), []string{"spec.cidr", "unknown field"}},

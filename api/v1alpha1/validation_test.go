@@ -52,25 +52,37 @@ func TestValidation(t *testing.T) {
 		obj  *unstructured.Unstructured
 		want string
 	}{{
+		name: "IPv4-mapped IPv6 address",
+		obj:  block([]any{"::ffff:198.51.100.66"}, nil),
+		want: `IPBlock.lanmonitor.io "bad" is invalid: spec.cidrs[0]: Invalid value: "::ffff:198.51.100.66": must be an IPv4 or IPv6 address or CIDR; IPv4-mapped IPv6 (::ffff:a.b.c.d) is refused: write the IPv4 form`,
+	}, {
+		name: "IPv4-mapped IPv6 prefix",
+		obj:  block([]any{"::ffff:0:0/96"}, nil),
+		want: `IPBlock.lanmonitor.io "bad" is invalid: spec.cidrs[0]: Invalid value: "::ffff:0:0/96": must be an IPv4 or IPv6 address or CIDR; IPv4-mapped IPv6 (::ffff:a.b.c.d) is refused: write the IPv4 form`,
+	}, {
+		name: "IPv4-mapped protected address",
+		obj:  object("LanMonitor", map[string]any{"protectedCIDRs": []any{"::ffff:198.18.0.1"}}),
+		want: `LanMonitor.lanmonitor.io "bad" is invalid: spec.protectedCIDRs[0]: Invalid value: "::ffff:198.18.0.1": must be an IPv4 or IPv6 address or CIDR; IPv4-mapped IPv6 (::ffff:a.b.c.d) is refused: write the IPv4 form`,
+	}, {
 		name: "CIDR prefix too long",
 		obj:  block([]any{"198.18.0.0/16", "10.0.0.0/33"}, nil),
-		want: `IPBlock.lanmonitor.io "bad" is invalid: spec.cidrs[1]: Invalid value: "10.0.0.0/33": must be an IPv4 or IPv6 address or CIDR`,
+		want: `IPBlock.lanmonitor.io "bad" is invalid: spec.cidrs[1]: Invalid value: "10.0.0.0/33": must be an IPv4 or IPv6 address or CIDR; IPv4-mapped IPv6 (::ffff:a.b.c.d) is refused: write the IPv4 form`,
 	}, {
 		name: "IPv4 octet out of range",
 		obj:  block([]any{"300.1.2.3"}, nil),
-		want: `IPBlock.lanmonitor.io "bad" is invalid: spec.cidrs[0]: Invalid value: "300.1.2.3": must be an IPv4 or IPv6 address or CIDR`,
+		want: `IPBlock.lanmonitor.io "bad" is invalid: spec.cidrs[0]: Invalid value: "300.1.2.3": must be an IPv4 or IPv6 address or CIDR; IPv4-mapped IPv6 (::ffff:a.b.c.d) is refused: write the IPv4 form`,
 	}, {
 		name: "not an address",
 		obj:  block([]any{"abc"}, nil),
-		want: `IPBlock.lanmonitor.io "bad" is invalid: spec.cidrs[0]: Invalid value: "abc": must be an IPv4 or IPv6 address or CIDR`,
+		want: `IPBlock.lanmonitor.io "bad" is invalid: spec.cidrs[0]: Invalid value: "abc": must be an IPv4 or IPv6 address or CIDR; IPv4-mapped IPv6 (::ffff:a.b.c.d) is refused: write the IPv4 form`,
 	}, {
 		name: "empty string",
 		obj:  block([]any{""}, nil),
-		want: `IPBlock.lanmonitor.io "bad" is invalid: spec.cidrs[0]: Invalid value: "": must be an IPv4 or IPv6 address or CIDR`,
+		want: `IPBlock.lanmonitor.io "bad" is invalid: spec.cidrs[0]: Invalid value: "": must be an IPv4 or IPv6 address or CIDR; IPv4-mapped IPv6 (::ffff:a.b.c.d) is refused: write the IPv4 form`,
 	}, {
 		name: "IPv6 prefix too long",
 		obj:  block([]any{"2001:db8::/129"}, nil),
-		want: `IPBlock.lanmonitor.io "bad" is invalid: spec.cidrs[0]: Invalid value: "2001:db8::/129": must be an IPv4 or IPv6 address or CIDR`,
+		want: `IPBlock.lanmonitor.io "bad" is invalid: spec.cidrs[0]: Invalid value: "2001:db8::/129": must be an IPv4 or IPv6 address or CIDR; IPv4-mapped IPv6 (::ffff:a.b.c.d) is refused: write the IPv4 form`,
 	}, {
 		name: "host bits set after the prefix length",
 		obj:  block([]any{"198.18.0.1/16"}, nil),
@@ -122,11 +134,11 @@ func TestValidation(t *testing.T) {
 	}, {
 		name: "invalid internal CIDR",
 		obj:  object("LanMonitor", map[string]any{"internalCIDRs": []any{"198.18.0.0/15", "198.18.0.0/40"}}),
-		want: `LanMonitor.lanmonitor.io "bad" is invalid: spec.internalCIDRs[1]: Invalid value: "198.18.0.0/40": must be an IPv4 or IPv6 address or CIDR`,
+		want: `LanMonitor.lanmonitor.io "bad" is invalid: spec.internalCIDRs[1]: Invalid value: "198.18.0.0/40": must be an IPv4 or IPv6 address or CIDR; IPv4-mapped IPv6 (::ffff:a.b.c.d) is refused: write the IPv4 form`,
 	}, {
 		name: "invalid protected CIDR",
 		obj:  object("LanMonitor", map[string]any{"protectedCIDRs": []any{"2001:db8::g"}}),
-		want: `LanMonitor.lanmonitor.io "bad" is invalid: spec.protectedCIDRs[0]: Invalid value: "2001:db8::g": must be an IPv4 or IPv6 address or CIDR`,
+		want: `LanMonitor.lanmonitor.io "bad" is invalid: spec.protectedCIDRs[0]: Invalid value: "2001:db8::g": must be an IPv4 or IPv6 address or CIDR; IPv4-mapped IPv6 (::ffff:a.b.c.d) is refused: write the IPv4 form`,
 	}, {
 		name: "interface name too long",
 		obj:  object("LanMonitor", map[string]any{"interface": "enp0s31f6-longer"}),

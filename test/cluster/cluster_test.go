@@ -751,7 +751,7 @@ func (s *suite) viewerToken() string {
 		for _, role := range []string{"dashboard-viewer", "metrics-reader"} {
 			s.kubectlRun("create", "clusterrolebinding", "lanmonitor-test-"+role, "--clusterrole", release+"-"+role,
 				"--serviceaccount", namespace+":lanmonitor-test-viewer")
-			s.t.Cleanup(func() {
+			s.top.Cleanup(func() {
 				s.kubectlCmd("delete", "clusterrolebinding", "lanmonitor-test-"+role, "--ignore-not-found").Run()
 			})
 		}

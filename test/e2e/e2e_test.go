@@ -562,7 +562,7 @@ func (s *suite) invalidObjects() {
 		obj  client.Object
 		want string
 	}{
-		{ipblock("bad-cidr", v1alpha1.BlockModeEnforce, "300.1.2.3"), `spec.cidrs[0]: Invalid value: "300.1.2.3": must be an IPv4 or IPv6 address or CIDR`},
+		{ipblock("bad-cidr", v1alpha1.BlockModeEnforce, "300.1.2.3"), `spec.cidrs[0]: Invalid value: "300.1.2.3": must be an IPv4 or IPv6 address or CIDR; IPv4-mapped IPv6 (::ffff:a.b.c.d) is refused: write the IPv4 form`},
 		{ipblock("bad-prefix", v1alpha1.BlockModeEnforce, "10.0.0.0/33"), `spec.cidrs[0]: Invalid value: "10.0.0.0/33"`},
 		{func() client.Object { m := monitor("bad-topn", true, nil); m.Spec.TopN = 101; return m }(), "spec.topN: Invalid value: 101: spec.topN in body should be less than or equal to 100"},
 		{func() client.Object {
