@@ -292,8 +292,10 @@ func (a *nodeAgent) blocks(ctx context.Context, lmn *v1alpha1.LanMonitorNode, no
 	)
 	parsed := make(map[string]cachedBlock, len(lmn.Spec.IPBlocks))
 	for _, ref := range lmn.Spec.IPBlocks {
+		// The cache's own object, not a copy (100,000 CIDRs would be
+		// copied on every sync): only read here.
 		var ipb v1alpha1.IPBlock
-		if err := a.cache.Get(ctx, client.ObjectKey{Name: ref.Name}, &ipb); err != nil {
+		if err := a.cache.Get(ctx, client.ObjectKey{Name: ref.Name}, &ipb, client.UnsafeDisableDeepCopy); err != nil {
 			if apierrors.IsNotFound(err) {
 				continue
 			}
