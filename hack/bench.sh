@@ -19,10 +19,14 @@ trap 'rm -f "$out"' EXIT
 # XDP per-packet costs: many iterations per measurement.
 "$GO" test -run '^$' -bench "$BENCH" -benchtime 2000000x -count "$COUNT" ./bpf/ | tee -a "$out" >&2
 # Agent: blocklist sync, read and rank, memory, throughput over a veth.
-"$GO" test -run '^$' -bench "$BENCH" -skip EventStream -benchtime 3x -count "$COUNT" ./agent/ | tee -a "$out" >&2
+"$GO" test -run '^$' -bench "$BENCH" -skip 'EventStream|AgentIdleCPU' -benchtime 3x -count "$COUNT" ./agent/ | tee -a "$out" >&2
 # Agent: the dashboard stream, 0 and 100 SSE clients on one agent (windows of
 # LANMONITOR_BENCH_WINDOW each, default 20s), once.
 "$GO" test -run '^$' -bench EventStream -benchtime 1x -count 1 ./agent/ | tee -a "$out" >&2
+# Agent: an idle node agent in Kubernetes mode (100k prefixes, 65,536
+# sources, 10 s reports) against a real API server, CPU over a minute.
+KUBEBUILDER_ASSETS="$(hack/tools.sh controlplane)" LANMONITOR_BENCH_WINDOW="${LANMONITOR_BENCH_WINDOW:-60s}" \
+	"$GO" test -run '^$' -bench AgentIdleCPU -benchtime 1x -count 1 ./agent/ | tee -a "$out" >&2
 # Controller: IPBlock propagation to 100 simulated agents on a real API server.
 KUBEBUILDER_ASSETS="$(hack/tools.sh controlplane)" \
 	"$GO" test -run '^$' -bench Controller -benchtime 20x -count 1 ./controllers/ | tee -a "$out" >&2
