@@ -52,6 +52,21 @@ func benchLAN(b *testing.B) (*lab.Lab, *lab.NS, *lab.NS, string) {
 	return l, node, host, pinRoot
 }
 
+// sendSources sends one small UDP frame from each of n sources
+// (198.18.0.0/15, n <= 131072) from host's eth0 to the bench node.
+func sendSources(b *testing.B, host *lab.NS, n int) {
+	b.Helper()
+	tx, err := host.Sender("eth0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer tx.Close()
+	for i := range n {
+		src := netip.AddrFrom4([4]byte{198, 18 + byte(i>>16), byte(i >> 8), byte(i)})
+		tx.Send(frames.MustBuild(frames.Spec{DstMAC: benchNodeMAC, Src: src, Dst: netip.MustParseAddr("198.18.255.254"), Protocol: layers.IPProtocolUDP, Payload: 18}))
+	}
+}
+
 var benchNodeMAC = net.HardwareAddr{0x02, 0x00, 0x5e, 0x00, 0x01, 0x01}
 
 // benchPrefixes returns n distinct prefixes with the realistic mix of the
@@ -241,15 +256,7 @@ func BenchmarkAgentMemory(b *testing.B) {
 			b.Fatal(err)
 		}
 		waitHTTP(b, "http://127.0.0.1:19479/readyz", 30*time.Second)
-		tx, err := host.Sender("eth0")
-		if err != nil {
-			b.Fatal(err)
-		}
-		for i := range 65536 {
-			src := netip.AddrFrom4([4]byte{198, 18 + byte(i>>16), byte(i >> 8), byte(i)})
-			tx.Send(frames.MustBuild(frames.Spec{DstMAC: benchNodeMAC, Src: src, Dst: netip.MustParseAddr("198.18.255.254"), Protocol: layers.IPProtocolUDP, Payload: 18}))
-		}
-		tx.Close()
+		sendSources(b, host, 65536)
 		time.Sleep(3500 * time.Millisecond) // three reports of 65,536 sources
 		rss, _ := procMemory(b, cmd.Process.Pid)
 		b.ReportMetric(rss/(1<<20), "MiB-rss")

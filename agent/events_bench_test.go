@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,11 +16,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/gopacket/layers"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
-	"github.com/lanmonitor/lanmonitor/internal/frames"
 	"github.com/lanmonitor/lanmonitor/internal/lab"
 )
 
@@ -70,15 +67,7 @@ func BenchmarkEventStream(b *testing.B) {
 			b.Fatal(err)
 		}
 		waitHTTP(b, api+"/readyz", 30*time.Second)
-		tx, err := host.Sender("eth0")
-		if err != nil {
-			b.Fatal(err)
-		}
-		for i := range 65536 {
-			src := netip.AddrFrom4([4]byte{198, 18 + byte(i>>16), byte(i >> 8), byte(i)})
-			tx.Send(frames.MustBuild(frames.Spec{DstMAC: benchNodeMAC, Src: src, Dst: netip.MustParseAddr("198.18.255.254"), Protocol: layers.IPProtocolUDP, Payload: 18}))
-		}
-		tx.Close()
+		sendSources(b, host, 65536)
 		time.Sleep(2500 * time.Millisecond) // reports of all 65,536 sources
 		if n := scrape(b, api, "lanmonitor_tracked_sources"); n != 65536 {
 			b.Fatalf("%v tracked sources, want 65536", n)

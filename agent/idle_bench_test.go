@@ -3,19 +3,16 @@ package agent
 import (
 	"context"
 	"fmt"
-	"net/netip"
 	"os/exec"
 	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/google/gopacket/layers"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/lanmonitor/lanmonitor/api/v1alpha1"
-	"github.com/lanmonitor/lanmonitor/internal/frames"
 	"github.com/lanmonitor/lanmonitor/internal/lab"
 	"github.com/lanmonitor/lanmonitor/internal/testenv"
 )
@@ -85,15 +82,7 @@ func BenchmarkAgentIdleCPU(b *testing.B) {
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
-		tx, err := host.Sender("eth0")
-		if err != nil {
-			b.Fatal(err)
-		}
-		for i := range 65536 {
-			src := netip.AddrFrom4([4]byte{198, 18 + byte(i>>16), byte(i >> 8), byte(i)})
-			tx.Send(frames.MustBuild(frames.Spec{DstMAC: benchNodeMAC, Src: src, Dst: netip.MustParseAddr("198.18.255.254"), Protocol: layers.IPProtocolUDP, Payload: 18}))
-		}
-		tx.Close()
+		sendSources(b, host, 65536)
 		// Settle: a report of the 65,536 sources, their status write, the
 		// garbage of the start given back.
 		time.Sleep(25 * time.Second)
