@@ -43,14 +43,20 @@ type server struct {
 	errs chan error
 }
 
-// bind binds every address of s.Listen. Errors: the first that fails
+// bind binds every address of s.Listen (each once). Errors: the first that fails
 // (address in use, not local), with every listener closed again.
 func (s Serving) bind() ([]net.Listener, error) {
 	if len(s.Listen) == 0 {
 		return nil, errors.New("--listen: no address")
 	}
 	var lns []net.Listener
+	seen := map[string]bool{}
 	for _, a := range s.Listen {
+		// The chart's $(HOST_IP) may be 127.0.0.1 too (a one-node lab).
+		if seen[a] {
+			continue
+		}
+		seen[a] = true
 		ln, err := net.Listen("tcp", a)
 		if err != nil {
 			for _, l := range lns {

@@ -249,7 +249,10 @@ func (g *Guard) check(r *http.Request) (decision, string) {
 	}
 	res, ok, err := g.authn.AuthenticateRequest(r)
 	if err != nil {
-		// An invalid token is an error too, for some authenticators.
+		// The bearer token authenticator answers an invalid token with an
+		// error too, so this is not necessarily a failure of ours: 401,
+		// logged at V(1) (a failed TokenReview call is logged by
+		// k8s.io/apiserver itself).
 		g.log.V(1).Info("authentication failed", "error", err.Error())
 		return unauthenticated, ""
 	}

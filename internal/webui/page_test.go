@@ -19,7 +19,7 @@ import (
 
 // serve is a server of a dashboard page and the API it reads: history and
 // events from hub, as the agent and the controller serve them.
-func serve(t *testing.T, page http.Handler, hub *sse.Hub) *httptest.Server {
+func serve(t testing.TB, page http.Handler, hub *sse.Hub) *httptest.Server {
 	t.Helper()
 	mux := http.NewServeMux()
 	mux.Handle("GET /", page)
