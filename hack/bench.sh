@@ -27,6 +27,8 @@ trap 'rm -f "$out"' EXIT
 # sources, 10 s reports) against a real API server, CPU over a minute.
 KUBEBUILDER_ASSETS="$(hack/tools.sh controlplane)" LANMONITOR_BENCH_WINDOW="${LANMONITOR_BENCH_WINDOW:-60s}" \
 	"$GO" test -run '^$' -bench AgentIdleCPU -benchtime 1x -count 1 ./agent/ | tee -a "$out" >&2
+# Dashboard: the agent's page open 10 minutes in headless Chromium (JS heap, page CPU).
+"$GO" test -run '^$' -bench DashboardSoak -benchtime 1x -count 1 -timeout 30m ./internal/webui/ | tee -a "$out" >&2
 # Controller: IPBlock propagation to 100 simulated agents on a real API server.
 KUBEBUILDER_ASSETS="$(hack/tools.sh controlplane)" \
 	"$GO" test -run '^$' -bench Controller -benchtime 20x -count 1 ./controllers/ | tee -a "$out" >&2

@@ -94,7 +94,7 @@ for callers allowed get on the non-resource URL /metrics).`,
 	o.zap.BindFlags(gofs)
 	f.AddGoFlagSet(gofs)
 	f.AddGoFlagSet(flag.CommandLine) // --kubeconfig, registered by controller-runtime
-	cmd.AddCommand(newDrainCommand())
+	cmd.AddCommand(newDrainCommand(), newApplyCRDsCommand())
 	return cmd
 }
 

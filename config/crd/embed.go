@@ -6,6 +6,12 @@ package crd
 
 import (
 	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"sigs.k8s.io/yaml"
 )
 
 // FS holds bases/*.yaml: one CustomResourceDefinition per file, named
@@ -20,3 +26,28 @@ const (
 	IPBlocks        = "bases/lanmonitor.io_ipblocks.yaml"
 	LanMonitorNodes = "bases/lanmonitor.io_lanmonitornodes.yaml"
 )
+
+// All parses every CustomResourceDefinition of FS (strictly: an unknown
+// field is an error).
+func All() ([]*apiextensionsv1.CustomResourceDefinition, error) {
+	files, err := fs.Glob(FS, "bases/*.yaml")
+	if err != nil {
+		return nil, err
+	}
+	var out []*apiextensionsv1.CustomResourceDefinition
+	for _, f := range files {
+		data, err := FS.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		obj := &apiextensionsv1.CustomResourceDefinition{}
+		if err := yaml.UnmarshalStrict(data, obj); err != nil {
+			return nil, fmt.Errorf("parse %s: %w", f, err)
+		}
+		out = append(out, obj)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no CRDs embedded from config/crd/bases")
+	}
+	return out, nil
+}

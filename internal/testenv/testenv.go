@@ -17,7 +17,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -34,7 +33,6 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
-	"sigs.k8s.io/yaml"
 
 	lanmonitorv1alpha1 "github.com/lanmonitor/lanmonitor/api/v1alpha1"
 	"github.com/lanmonitor/lanmonitor/config/crd"
@@ -134,28 +132,7 @@ func Main(m *testing.M, env **Env) {
 }
 
 // CRDs returns the CustomResourceDefinitions embedded from config/crd/bases.
-func CRDs() ([]*apiextensionsv1.CustomResourceDefinition, error) {
-	files, err := fs.Glob(crd.FS, "bases/*.yaml")
-	if err != nil {
-		return nil, err
-	}
-	var out []*apiextensionsv1.CustomResourceDefinition
-	for _, f := range files {
-		data, err := crd.FS.ReadFile(f)
-		if err != nil {
-			return nil, err
-		}
-		obj := &apiextensionsv1.CustomResourceDefinition{}
-		if err := yaml.UnmarshalStrict(data, obj); err != nil {
-			return nil, fmt.Errorf("parse %s: %w", f, err)
-		}
-		out = append(out, obj)
-	}
-	if len(out) == 0 {
-		return nil, errors.New("no CRDs embedded from config/crd/bases")
-	}
-	return out, nil
-}
+func CRDs() ([]*apiextensionsv1.CustomResourceDefinition, error) { return crd.All() }
 
 // binaryAssetsDirectory returns $KUBEBUILDER_ASSETS, or else the directory
 // printed by `hack/tools.sh controlplane` (the last line of its output).

@@ -431,7 +431,8 @@ func TestInstall(t *testing.T) {
 
 	// helm upgrade (a new agent image), then uninstall: nothing of the
 	// release is left, the CRDs stay (Helm never deletes crds/).
-	helm("upgrade", rel, chartDir(t), "--namespace", ns, "--reuse-values", "--set", "agent.image.tag=v0.1.1")
+	helm("upgrade", rel, chartDir(t), "--namespace", ns, "--reuse-values", "--set", "agent.image.tag=v0.1.1",
+		"--no-hooks") // no kubelet here to run the pre-upgrade CRD Job (test/cluster runs it)
 	var ds appsv1.DaemonSet
 	if err := admin(t).Get(ctx, client.ObjectKey{Namespace: ns, Name: rel + "-lanmonitor-agent"}, &ds); err != nil {
 		t.Fatal(err)

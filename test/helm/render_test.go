@@ -432,8 +432,8 @@ func TestRBAC(t *testing.T) {
 	if !reflect.DeepEqual(le.Rules, leaderElectionRules) {
 		t.Errorf("leader election Role rules:\n%s\nwant exactly:\n%s", rulesYAML(t, le.Rules), rulesYAML(t, leaderElectionRules))
 	}
-	if n := count(objs, "ClusterRole") + count(objs, "Role"); n != 7 {
-		t.Errorf("%d ClusterRoles and Roles, want 7 (agent, controller, leader election, drain hook x2, metrics reader, dashboard viewer)", n)
+	if n := count(objs, "ClusterRole") + count(objs, "Role"); n != 8 {
+		t.Errorf("%d ClusterRoles and Roles, want 8 (agent, controller, leader election, drain hook x2, CRD hook, metrics reader, dashboard viewer)", n)
 	}
 	// Reading what the agents and the controller serve.
 	var metricsReader, viewer rbacv1.ClusterRole
