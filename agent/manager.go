@@ -533,17 +533,24 @@ func (m *Manager) readCounters(now time.Time) {
 		return
 	}
 	talkers := m.read.talkers
-	if !m.read.current(m.dp, stats) {
+	if !m.read.reusable(m.dp, stats) {
+		// Stable counters since the last report mean the map is quiet; a
+		// read then is complete (no frame half-counted: XDP adds to the
+		// frame counter before the talker's entry), and later reports
+		// reuse it while the counters stay put.
+		settled := m.read.same(m.dp, stats)
 		if talkers, err = m.dp.Talkers(); err != nil {
 			m.log.Error("read talkers", "error", err)
 			return
 		}
+		before := stats
 		// Counters read after the map, so that they cover at least what it counted.
 		if stats, err = m.dp.Stats(); err != nil {
 			m.log.Error("read counters", "error", err)
 			return
 		}
-		m.read = talkerRead{dp: m.dp, talkers: talkers, packets: stats.Packets, inserts: stats.TalkerInserts}
+		m.read = talkerRead{dp: m.dp, talkers: talkers, packets: before.Packets, inserts: before.TalkerInserts,
+			settled: settled && stats.Packets == before.Packets && stats.TalkerInserts == before.TalkerInserts}
 	}
 	m.tracker.update(now, talkers, stats, m.internal)
 	r := Report{
@@ -580,15 +587,25 @@ func (m *Manager) readCounters(now time.Time) {
 type talkerRead struct {
 	dp      *bpf.Datapath
 	talkers []bpf.Talker
-	// packets and inserts are the global counters read after the map:
-	// every counted frame adds to packets, every new source to inserts.
+	// packets and inserts are the global counters read just before the
+	// map: every counted frame adds to packets, every new source to
+	// inserts.
 	packets, inserts uint64
+	// settled: the counters had not moved for a whole report interval
+	// before the read, nor during it, so it holds every frame counted.
+	settled bool
 }
 
-// current reports whether the read still holds for dp with counters
-// stats: the same maps, and not a frame (nor an insert) since.
-func (r *talkerRead) current(dp *bpf.Datapath, stats bpf.Stats) bool {
+// same reports whether counters stats are those the read was keyed by,
+// on the same maps: no frame since.
+func (r *talkerRead) same(dp *bpf.Datapath, stats bpf.Stats) bool {
 	return r.dp == dp && r.talkers != nil && stats.Packets == r.packets && stats.TalkerInserts == r.inserts
+}
+
+// reusable reports whether a report may use the read instead of reading
+// the map: settled, and no frame since.
+func (r *talkerRead) reusable(dp *bpf.Datapath, stats bpf.Stats) bool {
+	return r.settled && r.same(dp, stats)
 }
 
 // Events is the stream and ten-minute history of this interface's
