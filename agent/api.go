@@ -54,6 +54,7 @@ type StatsResponse struct {
 	VLANTagged             uint64 `json:"vlanTagged"`
 	Local                  uint64 `json:"local"`
 	Snooped                uint64 `json:"snooped"`
+	V4Mapped               uint64 `json:"v4Mapped"` // IPv6 packets with an IPv4-mapped address (matched as IPv4, no talker)
 	TrackedSources         int    `json:"trackedSources"`
 	TrackedSourcesCapacity int    `json:"trackedSourcesCapacity"`
 }
@@ -63,7 +64,7 @@ func statsResponse(s bpf.Stats, tracked, capacity int) StatsResponse {
 	return StatsResponse{
 		Packets: s.Packets, Bytes: s.Bytes, Passed: s.Passed, Dropped: s.Dropped, Malformed: s.Malformed, NonIP: s.NonIP,
 		IPv4: s.IPv4, IPv6: s.IPv6, Fragments: s.Fragments, VLANTagged: s.VLANTagged, Local: s.Local, Snooped: s.Snooped,
-		TrackedSources: tracked, TrackedSourcesCapacity: capacity,
+		V4Mapped: s.V4Mapped, TrackedSources: tracked, TrackedSourcesCapacity: capacity,
 	}
 }
 

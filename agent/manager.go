@@ -337,20 +337,19 @@ func (m *Manager) protected() []netip.Prefix {
 }
 
 // syncRules makes dp's tables match the configuration, touching only what
-// changed.
+// changed, all tables at one instant (bpf.Datapath.SyncTables).
 func (m *Manager) syncRules(dp *bpf.Datapath) error {
 	t, lost := buildTables(m.cfg.Blocks, m.protected())
 	for _, s := range lost {
 		m.log.Warn("prefix listed by two blocks; the other one applies", "block", s.Block, "prefix", s.Prefix, "appliedBlock", s.Winner)
 	}
-	for _, tab := range []bpf.Table{bpf.TableProtected, bpf.TableSource, bpf.TableDestination} {
-		w, d, err := dp.SyncPrefixes(tab, t[tab])
-		if err != nil {
-			return err
-		}
-		if w+d > 0 {
-			m.log.Debug("rule table synced", "table", tab, "written", w, "deleted", d, "size", len(t[tab]))
-		}
+	w, d, err := dp.SyncTables(t)
+	if err != nil {
+		return err
+	}
+	if w+d > 0 {
+		m.log.Debug("rule tables synced", "written", w, "deleted", d, "protected", len(t[bpf.TableProtected]),
+			"source", len(t[bpf.TableSource]), "destination", len(t[bpf.TableDestination]))
 	}
 	return nil
 }

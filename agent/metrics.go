@@ -37,6 +37,7 @@ var (
 		{"talker_evictions_total", "Sources evicted from the full talker map (least recently seen first)."},
 		{"talker_insert_errors_total", "Sources that could not be inserted into the talker map."},
 		{"flow_samples_lost_total", "Flow samples lost to a full ring buffer."},
+		{"v4_mapped_packets_total", "IPv6 packets with an IPv4-mapped source or destination (matched as IPv4; the source is not a talker)."},
 	}
 	descAttached = prometheus.NewDesc("lanmonitor_xdp_attached", "1 when the XDP program is attached, with the attach mode in use.", []string{"interface", "mode"}, nil)
 	descPromisc  = prometheus.NewDesc("lanmonitor_promiscuous", "1 when the interface's IFF_PROMISC flag is set.", labelsIf, nil)
@@ -84,6 +85,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			"fragment_packets_total": s.Fragments, "vlan_tagged_packets_total": s.VLANTagged, "local_packets_total": s.Local,
 			"snooped_packets_total": s.Snooped, "exempted_packets_total": s.Exempted, "talker_evictions_total": r.Evictions,
 			"talker_insert_errors_total": s.TalkerInsertErrors, "flow_samples_lost_total": s.SamplesLost,
+			"v4_mapped_packets_total": s.V4Mapped,
 		} {
 			ch <- prometheus.MustNewConstMetric(descFrames[name], prometheus.CounterValue, float64(v), ifn)
 		}

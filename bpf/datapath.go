@@ -87,12 +87,15 @@ type Datapath struct {
 
 	mu       sync.Mutex
 	settings lanmonitorLmConfig
-	rules    map[lanmonitorLmRuleKey]Rule
-	ruleRefs map[uint32]int // rule ID -> entries of rules referring to it
-	filter   *ruleFilter
-	// lengthRefs counts prefixes per table, family (0 IPv4, 1 IPv6) and
-	// prefix length, to know when a length's bit can be cleared.
-	lengthRefs [tableCount][2][129]uint32
+	// gens mirror the two generations of lm_rules (keys as in generation
+	// 0): gens[settings.Gen] is the configuration in force, and between
+	// changes both are the same map. A nil mirror is unknown (a write
+	// failed part way) and is read back from the map before use.
+	gens   [2]map[lanmonitorLmRuleKey]Rule
+	filter *ruleFilter // over the keys of both generations
+	// grace is an array of maps whose update makes the kernel wait for an
+	// RCU grace period (see waitGrace); graceInner is its element.
+	grace, graceInner *ebpf.Map
 }
 
 // Load loads the XDP program into the kernel with maps sized by cfg.
@@ -116,7 +119,9 @@ func Load(cfg Config) (*Datapath, error) {
 		return nil, fmt.Errorf("load program spec: %w", err)
 	}
 	spec.Maps[lanmonitorMapLmTalkers].MaxEntries = cfg.MaxTrackedSources
-	spec.Maps[lanmonitorMapLmRules].MaxEntries = cfg.MaxPrefixes
+	// Two generations of every prefix (types.h: struct lm_config). The map
+	// is not preallocated: memory follows the entries.
+	spec.Maps[lanmonitorMapLmRules].MaxEntries = 2 * cfg.MaxPrefixes
 	spec.Maps[lanmonitorMapLmFilter].MaxEntries = cfg.filterWords()
 	spec.Maps[lanmonitorMapLmRuleStats].MaxEntries = cfg.MaxRules
 	spec.Maps[lanmonitorMapLmSamples].MaxEntries = cfg.SampleRingBytes
@@ -141,7 +146,7 @@ func Load(cfg Config) (*Datapath, error) {
 		opts.Maps.PinPath = cfg.PinPath
 	}
 
-	d := &Datapath{cfg: cfg, cpus: cpus, rules: map[lanmonitorLmRuleKey]Rule{}, ruleRefs: map[uint32]int{}, filter: newRuleFilter(cfg.filterWords())}
+	d := &Datapath{cfg: cfg, cpus: cpus, filter: newRuleFilter(cfg.filterWords())}
 	if err := spec.LoadAndAssign(&d.objs, opts); err != nil {
 		// Pins made by this call go; pins adopted from an earlier run stay.
 		if cfg.PinPath != "" {
@@ -158,10 +163,40 @@ func Load(cfg Config) (*Datapath, error) {
 		}
 		return nil, fmt.Errorf("load xdp program: %w", err)
 	}
-	if err := d.adopt(); err != nil {
+	if err := d.openGrace(); err != nil {
 		return nil, errors.Join(err, d.objs.Close())
 	}
+	if err := d.adopt(); err != nil {
+		return nil, errors.Join(err, d.Close())
+	}
 	return d, nil
+}
+
+// openGrace creates the map-in-map that waitGrace updates.
+func (d *Datapath) openGrace() (err error) {
+	inner := &ebpf.MapSpec{Name: "lm_grace_inner", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1}
+	if d.graceInner, err = ebpf.NewMap(inner); err != nil {
+		return fmt.Errorf("create grace-period map: %w", err)
+	}
+	d.grace, err = ebpf.NewMap(&ebpf.MapSpec{Name: "lm_grace", Type: ebpf.ArrayOfMaps, KeySize: 4, ValueSize: 4, MaxEntries: 1, InnerMap: inner})
+	if err != nil {
+		d.graceInner.Close()
+		return fmt.Errorf("create grace-period map: %w", err)
+	}
+	return nil
+}
+
+// waitGrace returns once every run of the program that started before the
+// call has ended. Updating an element of an array of maps from user space
+// makes the kernel call synchronize_rcu() before returning (kernel/bpf/
+// syscall.c: maybe_wait_bpf_programs; the kernel's BPF selftests use it
+// the same way, testing_helpers.c: kern_sync_rcu), and an XDP program runs
+// inside an RCU read-side critical section. Typically a few milliseconds.
+func (d *Datapath) waitGrace() error {
+	if err := d.grace.Put(uint32(0), d.graceInner); err != nil {
+		return fmt.Errorf("wait for an RCU grace period: %w", err)
+	}
+	return nil
 }
 
 // ErrIncompatiblePins means maps pinned by an earlier run have other sizes
@@ -231,44 +266,39 @@ func (d *Datapath) pinnable() []namedMap {
 }
 
 // adopt rebuilds the Go mirror of rules, filter and settings from the maps,
-// which are empty unless they were pinned by an earlier run.
+// which are empty unless they were pinned by an earlier run. If that run
+// died while writing the generation not in force, the generation is
+// completed from the one in force (which stays in force meanwhile).
 func (d *Datapath) adopt() error {
 	var zero uint32
 	if err := d.objs.LmSettings.Lookup(zero, &d.settings); err != nil {
 		return fmt.Errorf("read settings: %w", err)
 	}
-	var (
-		key lanmonitorLmRuleKey
-		val lanmonitorLmRule
-	)
-	it := d.objs.LmRules.Iterate()
-	for it.Next(&key, &val) {
-		d.rules[key] = Rule{ID: val.RuleId, Mode: Mode(val.Mode)}
-		d.filter.add(key)
-		d.refLength(key, +1)
-		if key.Table != uint8(TableProtected) {
-			d.ruleRefs[val.RuleId]++
-		}
+	if d.settings.Gen > 1 {
+		return fmt.Errorf("pinned settings name rule generation %d: %w", d.settings.Gen, ErrIncompatiblePins)
 	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("read rules: %w", err)
-	}
-	if len(d.rules) > 0 {
-		if err := d.writeFilter(); err != nil {
+	for g := range uint32(2) {
+		m, err := d.readGen(g)
+		if err != nil {
 			return err
 		}
+		d.gens[g] = m
+		for k := range m {
+			d.filter.add(k.inGen(g))
+		}
+	}
+	if err := d.writeFilter(); err != nil {
+		return err
 	}
 	// The length bits follow from the rules; rewrite them in case an
 	// earlier run died between writing entries and bits.
-	for t := range tableCount {
-		for l := range 33 {
-			d.setLengthBit(Table(t), 0, l, d.lengthRefs[t][0][l] > 0)
-		}
-		for l := range 129 {
-			d.setLengthBit(Table(t), 1, l, d.lengthRefs[t][1][l] > 0)
-		}
+	for g := range 2 {
+		d.settings.Lengths[g] = lengthBits(d.gens[g])
 	}
-	return d.writeSettings()
+	if err := d.writeSettings(); err != nil {
+		return err
+	}
+	return d.commit(d.active())
 }
 
 // Program returns the XDP program, to attach it or to run it with
@@ -293,6 +323,8 @@ func (d *Datapath) Close() error {
 		d.objs.LmGlobalStats.Close(),
 		d.objs.LmSettings.Close(),
 		d.objs.LmSamples.Close(),
+		d.grace.Close(),
+		d.graceInner.Close(),
 	)
 }
 

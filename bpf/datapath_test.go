@@ -110,10 +110,8 @@ func syncRules(t testing.TB, d *bpf.Datapath, rules []rule) {
 	for _, r := range rules {
 		want[r.table][netip.MustParsePrefix(r.prefix)] = bpf.Rule{ID: r.id, Mode: r.mode}
 	}
-	for tbl, w := range want {
-		if _, _, err := d.SyncPrefixes(tbl, w); err != nil {
-			t.Fatalf("sync %s: %v", tbl, err)
-		}
+	if _, _, err := d.SyncTables(want); err != nil {
+		t.Fatalf("sync %v: %v", rules, err)
 	}
 }
 

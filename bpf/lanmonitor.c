@@ -82,20 +82,21 @@ static __always_inline void lm_count_talker(struct lm_stats *st, const struct lm
 }
 
 /*
- * lm_apply_rule: count a blocklist match of addr against rule r and decide.
+ * lm_apply_rule: count a blocklist match of addr against rule r and decide;
+ * lengths are the prefix lengths of generation gen's tables.
  * A protected address is exempted (passed). An Enforce rule drops frames
  * addressed to this interface; snooped frames are only counted, since the
  * stack discards frames for other hosts anyway. Audit rules only count.
  */
-static __always_inline int lm_apply_rule(const struct lm_config *cfg, struct lm_stats *st, __u32 rule_id, __u8 mode,
-					 const struct lm_addr *addr, int ipv6, int local)
+static __always_inline int lm_apply_rule(const struct lm_prefix_lengths *lengths, __u32 gen, struct lm_stats *st,
+					 __u32 rule_id, __u8 mode, const struct lm_addr *addr, int ipv6, int local)
 {
 	struct lm_rule_counters *rc = bpf_map_lookup_elem(&lm_rule_stats, &rule_id);
 
 	if (rc)
 		rc->matched++;
-	if (lm_has_lengths(&cfg->lengths[LM_TABLE_PROTECTED], ipv6) &&
-	    lm_lookup(&cfg->lengths[LM_TABLE_PROTECTED], addr, LM_TABLE_PROTECTED, ipv6)) {
+	if (lm_has_lengths(&lengths[LM_TABLE_PROTECTED], ipv6) &&
+	    lm_lookup(&lengths[LM_TABLE_PROTECTED], addr, LM_TABLE_PROTECTED + LM_TABLE_COUNT * gen, ipv6)) {
 		if (rc)
 			rc->exempted++;
 		st->exempted++;
@@ -142,17 +143,21 @@ int lanmonitor_xdp(struct xdp_md *ctx)
 	struct lm_cursor c = { .pos = data };
 	struct lm_packet pkt = {};
 	struct lm_config *cfg;
+	const struct lm_prefix_lengths *lengths;
 	struct lm_stats *st;
 	struct ethhdr *eth = NULL;
-	__u32 zero = 0, l3_len = 0, rule_id = 0;
+	__u32 zero = 0, l3_len = 0, rule_id = 0, gen;
 	__u64 len = data_end - data;
-	int proto, has_l4 = 0, local = 0, verdict = XDP_PASS;
+	int proto, has_l4 = 0, local = 0, verdict = XDP_PASS, src6, dst6;
 	void *l3;
 
 	st = bpf_map_lookup_elem(&lm_global_stats, &zero);
 	cfg = bpf_map_lookup_elem(&lm_settings, &zero);
 	if (!st || !cfg)
 		return XDP_PASS;
+	/* One generation of the rule tables for the whole frame. */
+	gen = *(volatile __u32 *)&cfg->gen & 1;
+	lengths = cfg->lengths[gen];
 
 	/* Layer 2: Ethernet and VLAN tags. */
 	proto = lm_parse_eth(&c, data_end, &eth, &pkt);
@@ -202,24 +207,43 @@ int lanmonitor_xdp(struct xdp_md *ctx)
 	if (pkt.fragment)
 		st->fragments++;
 
-	lm_count_talker(st, &pkt.src, len, local);
+	/*
+	 * An IPv6 header carrying an IPv4-mapped address (::ffff:a.b.c.d) is
+	 * not valid on the wire, and it is the form IPv4 addresses take in our
+	 * maps: such a source is not counted as a talker (it would add to the
+	 * IPv4 host's counters), and each such address is matched against the
+	 * IPv4 prefixes, so that it cannot dodge an IPv4 block.
+	 */
+	src6 = pkt.ipv6;
+	dst6 = pkt.ipv6;
+	if (pkt.ipv6) {
+		if (lm_is_v4mapped(&pkt.src))
+			src6 = 0;
+		if (lm_is_v4mapped(&pkt.dst))
+			dst6 = 0;
+		if (!src6 || !dst6)
+			st->v4_mapped++;
+	}
+	if (src6 == pkt.ipv6)
+		lm_count_talker(st, &pkt.src, len, local);
 
 	/* Blocklist: source, then destination, longest prefix wins. */
-	if (lm_has_lengths(&cfg->lengths[LM_TABLE_SOURCE], pkt.ipv6)) {
-		__u64 res = lm_lookup(&cfg->lengths[LM_TABLE_SOURCE], &pkt.src, LM_TABLE_SOURCE, pkt.ipv6);
+	if (lm_has_lengths(&lengths[LM_TABLE_SOURCE], src6)) {
+		__u64 res = lm_lookup(&lengths[LM_TABLE_SOURCE], &pkt.src, LM_TABLE_SOURCE + LM_TABLE_COUNT * gen, src6);
 
 		if (res) {
 			rule_id = LM_RESULT_RULE(res);
-			verdict = lm_apply_rule(cfg, st, rule_id, LM_RESULT_MODE(res), &pkt.src, pkt.ipv6, local);
+			verdict = lm_apply_rule(lengths, gen, st, rule_id, LM_RESULT_MODE(res), &pkt.src, src6, local);
 		}
 	}
-	if (verdict == XDP_PASS && lm_has_lengths(&cfg->lengths[LM_TABLE_DESTINATION], pkt.ipv6)) {
-		__u64 res = lm_lookup(&cfg->lengths[LM_TABLE_DESTINATION], &pkt.dst, LM_TABLE_DESTINATION, pkt.ipv6);
+	if (verdict == XDP_PASS && lm_has_lengths(&lengths[LM_TABLE_DESTINATION], dst6)) {
+		__u64 res = lm_lookup(&lengths[LM_TABLE_DESTINATION], &pkt.dst, LM_TABLE_DESTINATION + LM_TABLE_COUNT * gen,
+				      dst6);
 
 		/* A Both rule matching source and destination counts once. */
 		if (res && LM_RESULT_RULE(res) != rule_id) {
 			rule_id = LM_RESULT_RULE(res);
-			verdict = lm_apply_rule(cfg, st, rule_id, LM_RESULT_MODE(res), &pkt.dst, pkt.ipv6, local);
+			verdict = lm_apply_rule(lengths, gen, st, rule_id, LM_RESULT_MODE(res), &pkt.dst, dst6, local);
 		}
 	}
 

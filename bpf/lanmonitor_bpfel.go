@@ -24,7 +24,9 @@ type lanmonitorLmConfig struct {
 	Pad        [2]uint8
 	SampleRate uint32
 	Flags      uint32
-	Lengths    [3]lanmonitorLmPrefixLengths
+	Gen        uint32
+	Pad2       uint32
+	Lengths    [2][3]lanmonitorLmPrefixLengths
 }
 
 type lanmonitorLmFlowSample struct {
@@ -97,6 +99,7 @@ type lanmonitorLmStats struct {
 	TalkerInsertErrors uint64
 	SamplesLost        uint64
 	FilteredSnooped    uint64
+	V4Mapped           uint64
 }
 
 type lanmonitorLmTalker struct {

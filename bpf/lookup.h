@@ -13,8 +13,9 @@
  *     (inlined by the verifier, one cache line), and only when both are set
  *     does an exact-match hash lookup follow. Host entries (/32, /128) are
  *     just the longest length.
- * Go keeps lm_rules, lm_filter and lm_settings.lengths consistent (entries are
- * written before their filter bits and length bits, and removed after).
+ * Every table exists in two generations (struct lm_config.gen); a frame's
+ * lookups all use the generation it read at its start, and Go only writes
+ * the other one, so each frame sees one whole configuration.
  */
 #ifndef LANMONITOR_LOOKUP_H
 #define LANMONITOR_LOOKUP_H
@@ -195,9 +196,10 @@ static __always_inline int lm_has_lengths(const struct lm_prefix_lengths *l, int
 #define LM_RESULT_RULE(res) ((__u32)(res))
 
 /*
- * lm_lookup: longest-prefix match of addr in table. lengths are that table's
- * prefix lengths. Returns 0 when nothing matches, else LM_FOUND | mode << 32 |
- * rule ID.
+ * lm_lookup: longest-prefix match of addr in table (enum lm_table plus
+ * LM_TABLE_COUNT * generation). lengths are that table's prefix lengths in
+ * that generation; ipv6 selects the family (0 for an IPv4-mapped address).
+ * Returns 0 when nothing matches, else LM_FOUND | mode << 32 | rule ID.
  *
  * A global (not inlined) function: the verifier checks it once, on its own,
  * rather than at each of the four call sites, and the unrolled walks exist

@@ -71,6 +71,25 @@ struct lm_packet {
 	__u8 vlan_tags; /* tags seen, 0..LM_MAX_VLAN_TAGS+1 */
 };
 
+/*
+ * lm_is_v4mapped: whether a 16-byte address is IPv4-mapped IPv6
+ * (::ffff:a.b.c.d, RFC 4291 section 2.5.5.2): bytes 0..9 zero, 10..11 0xff.
+ * Such an address in an IPv6 header is not valid on the wire (RFC 4038
+ * section 4.2); it is the form lanmonitor stores IPv4 addresses in.
+ */
+static __always_inline int lm_is_v4mapped(const struct lm_addr *a)
+{
+	__u64 lo, hi;
+
+	__builtin_memcpy(&lo, &a->bytes[0], 8);
+	__builtin_memcpy(&hi, &a->bytes[8], 8);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	return lo == 0 && (hi & 0xffffffffULL) == 0xffff0000ULL;
+#else
+	return lo == 0 && (hi >> 32) == 0x0000ffffULL;
+#endif
+}
+
 static __always_inline int lm_is_vlan(__u16 proto)
 {
 	return proto == LM_ETH_P_8021Q || proto == LM_ETH_P_8021AD || proto == LM_ETH_P_QINQ1;

@@ -112,12 +112,12 @@ func TestPrefixValidation(t *testing.T) {
 		{map[netip.Prefix]bpf.Rule{
 			netip.MustParsePrefix("198.18.0.1/32"): {ID: 1}, netip.MustParsePrefix("198.18.0.2/32"): {ID: 2},
 			netip.MustParsePrefix("198.18.0.3/32"): {ID: 65535},
-		}, "source table: 3 distinct rules exceed the capacity of 2"},
+		}, "3 distinct rules in all tables exceed the capacity of 2"},
 		{map[netip.Prefix]bpf.Rule{
 			netip.MustParsePrefix("198.18.0.1/32"): {ID: 1}, netip.MustParsePrefix("198.18.0.2/32"): {ID: 1},
 			netip.MustParsePrefix("198.18.0.3/32"): {ID: 1}, netip.MustParsePrefix("198.18.0.4/32"): {ID: 1},
 			netip.MustParsePrefix("198.18.0.5/32"): {ID: 1},
-		}, "source table: 5 prefixes with 0 in other tables exceed the capacity of 4"},
+		}, "5 prefixes in all tables exceed the capacity of 4"},
 	} {
 		_, _, err := d.SyncPrefixes(bpf.TableSource, c.prefixes)
 		if err == nil || err.Error() != c.want {

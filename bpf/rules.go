@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"iter"
+	"maps"
 	"net/netip"
 	"slices"
 
@@ -30,12 +32,13 @@ func checkPrefix(p netip.Prefix) error {
 	return nil
 }
 
-// Prefixes returns the prefixes of a table and their rules, sorted.
+// Prefixes returns the prefixes of a table and their rules in the
+// configuration in force, sorted.
 func (d *Datapath) Prefixes(t Table) []PrefixRule {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var out []PrefixRule
-	for k, r := range d.rules {
+	for k, r := range d.active() {
 		if kt, p := k.prefix(); kt == t {
 			out = append(out, PrefixRule{Prefix: p, Rule: r})
 		}
@@ -49,218 +52,301 @@ func (d *Datapath) Prefixes(t Table) []PrefixRule {
 	return out
 }
 
-// SyncPrefixes makes table t hold exactly want (prefix -> rule), touching only
-// the entries that differ: new and changed entries are written in one batch,
-// then their filter and length bits; stale entries lose their bits first and
-// are then deleted in one batch. At no time is an unchanged entry missing.
-// Returns how many entries were written and deleted.
-// Errors: an invalid or IPv4-mapped prefix, a rule ID out of range, more
-// prefixes than Config.MaxPrefixes, or a failed map operation (entries not
-// confirmed are retried by the next sync).
-func (d *Datapath) SyncPrefixes(t Table, want map[netip.Prefix]Rule) (written, deleted int, err error) {
-	desired := make(map[lanmonitorLmRuleKey]Rule, len(want))
-	for p, r := range want {
-		if err := checkPrefix(p); err != nil {
-			return 0, 0, fmt.Errorf("%s table: %w", t, err)
+// SyncTables makes the tables named in want hold exactly their entries
+// (prefix -> rule); tables not named keep theirs. The change takes effect
+// for all of them at one instant (see commit): every frame is judged by the
+// whole old configuration or the whole new one, so an edit never passes a
+// frame that both block nor drops one that both pass.
+// Returns how many entries were written and deleted in the configuration
+// (not counting the second generation's copy).
+// Errors: an invalid or IPv4-mapped prefix, a rule ID 0 outside the
+// protected table, more prefixes than Config.MaxPrefixes or rules than
+// Config.MaxRules, or a failed map operation (then the configuration in
+// force is the old one, or the new one if the failure came after the
+// switch; the next sync completes it).
+func (d *Datapath) SyncTables(want map[Table]map[netip.Prefix]Rule) (written, deleted int, err error) {
+	repl := map[Table]map[lanmonitorLmRuleKey]Rule{}
+	for t, prefixes := range want {
+		if t >= tableCount {
+			return 0, 0, fmt.Errorf("table %d does not exist", t)
 		}
-		if t != TableProtected && r.ID == 0 {
-			return 0, 0, fmt.Errorf("%s table: prefix %s: rule ID 0 is reserved", t, p)
+		m := make(map[lanmonitorLmRuleKey]Rule, len(prefixes))
+		for p, r := range prefixes {
+			if err := checkEntry(t, p, r); err != nil {
+				return 0, 0, err
+			}
+			m[ruleKeyFor(t, p)] = r
 		}
-		desired[ruleKeyFor(t, p)] = r
+		repl[t] = m
 	}
-
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	var (
-		putKeys []lanmonitorLmRuleKey
-		putVals []lanmonitorLmRule
-		delKeys []lanmonitorLmRuleKey
-	)
-	others := 0
-	for k := range d.rules {
-		if Table(k.Table) != t {
-			others++
-			continue
-		}
-		if _, ok := desired[k]; !ok {
-			delKeys = append(delKeys, k)
+	cur := d.active()
+	desired := make(map[lanmonitorLmRuleKey]Rule, len(cur))
+	for k, r := range cur {
+		if _, replaced := repl[Table(k.Table)]; !replaced {
+			desired[k] = r
 		}
 	}
-	for k, r := range desired {
-		if old, ok := d.rules[k]; ok && old == r {
-			continue
-		}
-		putKeys = append(putKeys, k)
-		putVals = append(putVals, lanmonitorLmRule{RuleId: r.ID, Mode: uint8(r.Mode)})
+	for _, m := range repl {
+		maps.Copy(desired, m)
 	}
-	if others+len(desired) > int(d.cfg.MaxPrefixes) {
-		return 0, 0, fmt.Errorf("%s table: %d prefixes with %d in other tables exceed the capacity of %d", t, len(desired), others, d.cfg.MaxPrefixes)
-	}
-	if n := d.rulesAfter(t, desired); n > int(d.cfg.MaxRules) {
-		return 0, 0, fmt.Errorf("%s table: %d distinct rules exceed the capacity of %d", t, n, d.cfg.MaxRules)
-	}
-
-	if err := d.putRules(putKeys, putVals); err != nil {
+	w, del := diffRules(cur, desired)
+	if err := d.commit(desired); err != nil {
 		return 0, 0, err
 	}
-	if err := d.deleteRules(delKeys); err != nil {
-		return len(putKeys), 0, err
-	}
-	return len(putKeys), len(delKeys), nil
+	return len(w), len(del), nil
+}
+
+// SyncPrefixes is SyncTables for one table.
+func (d *Datapath) SyncPrefixes(t Table, want map[netip.Prefix]Rule) (written, deleted int, err error) {
+	return d.SyncTables(map[Table]map[netip.Prefix]Rule{t: want})
 }
 
 // AddPrefixes adds or replaces prefixes of table t, leaving the others.
+// Errors as SyncTables.
 func (d *Datapath) AddPrefixes(t Table, add []PrefixRule) error {
-	keys := make([]lanmonitorLmRuleKey, 0, len(add))
-	vals := make([]lanmonitorLmRule, 0, len(add))
 	for _, pr := range add {
-		if err := checkPrefix(pr.Prefix); err != nil {
-			return fmt.Errorf("%s table: %w", t, err)
+		if err := checkEntry(t, pr.Prefix, pr.Rule); err != nil {
+			return err
 		}
-		if t != TableProtected && pr.Rule.ID == 0 {
-			return fmt.Errorf("%s table: prefix %s: rule ID 0 is reserved", t, pr.Prefix)
-		}
-		keys = append(keys, ruleKeyFor(t, pr.Prefix))
-		vals = append(vals, lanmonitorLmRule{RuleId: pr.Rule.ID, Mode: uint8(pr.Rule.Mode)})
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.putRules(keys, vals)
+	desired := maps.Clone(d.active())
+	for _, pr := range add {
+		desired[ruleKeyFor(t, pr.Prefix)] = pr.Rule
+	}
+	return d.commit(desired)
 }
 
 // DeletePrefixes removes prefixes from table t; absent ones are ignored.
+// Errors as SyncTables.
 func (d *Datapath) DeletePrefixes(t Table, del []netip.Prefix) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	keys := make([]lanmonitorLmRuleKey, 0, len(del))
 	for _, p := range del {
 		if err := checkPrefix(p); err != nil {
 			return fmt.Errorf("%s table: %w", t, err)
 		}
-		if k := ruleKeyFor(t, p); d.hasRule(k) {
-			keys = append(keys, k)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	desired := maps.Clone(d.active())
+	for _, p := range del {
+		delete(desired, ruleKeyFor(t, p))
+	}
+	return d.commit(desired)
+}
+
+func checkEntry(t Table, p netip.Prefix, r Rule) error {
+	if err := checkPrefix(p); err != nil {
+		return fmt.Errorf("%s table: %w", t, err)
+	}
+	if t != TableProtected && r.ID == 0 {
+		return fmt.Errorf("%s table: prefix %s: rule ID 0 is reserved", t, p)
+	}
+	return nil
+}
+
+// active is the configuration in force: the mirror of generation
+// settings.Gen. Called with d.mu held.
+func (d *Datapath) active() map[lanmonitorLmRuleKey]Rule { return d.gens[d.settings.Gen&1] }
+
+// diffRules returns the entries of want that from lacks or holds with
+// another rule, and the keys of from that want lacks.
+func diffRules(from, want map[lanmonitorLmRuleKey]Rule) (put map[lanmonitorLmRuleKey]Rule, del []lanmonitorLmRuleKey) {
+	put = map[lanmonitorLmRuleKey]Rule{}
+	for k, r := range want {
+		if old, ok := from[k]; !ok || old != r {
+			put[k] = r
 		}
 	}
-	return d.deleteRules(keys)
-}
-
-// unrefRule drops one reference to a rule ID (an entry that moved to
-// another rule) and deletes its counters with the last one.
-func (d *Datapath) unrefRule(id uint32) {
-	d.ruleRefs[id]--
-	if d.ruleRefs[id] <= 0 {
-		delete(d.ruleRefs, id)
-		d.deleteCounters([]uint32{id})
-	}
-}
-
-// deleteCounters removes the counters of rule IDs no entry refers to any
-// more, so that an ID given to a new rule later starts from zero.
-func (d *Datapath) deleteCounters(ids []uint32) {
-	for _, id := range ids {
-		if d.ruleRefs[id] == 0 {
-			d.objs.LmRuleStats.Delete(id)
+	for k := range from {
+		if _, ok := want[k]; !ok {
+			del = append(del, k)
 		}
 	}
+	return put, del
 }
 
-func (d *Datapath) hasRule(k lanmonitorLmRuleKey) bool {
-	_, ok := d.rules[k]
-	return ok
-}
-
-// rulesAfter counts the distinct rule IDs of all tables once table t holds
-// desired.
-func (d *Datapath) rulesAfter(t Table, desired map[lanmonitorLmRuleKey]Rule) int {
+// ruleIDs are the distinct rule IDs of the blocklist entries of rules.
+func ruleIDs(rules map[lanmonitorLmRuleKey]Rule) map[uint32]bool {
 	ids := map[uint32]bool{}
-	for k, r := range d.rules {
-		if Table(k.Table) != t && Table(k.Table) != TableProtected {
+	for k, r := range rules {
+		if Table(k.Table) != TableProtected {
 			ids[r.ID] = true
 		}
 	}
-	if t != TableProtected {
-		for _, r := range desired {
-			ids[r.ID] = true
-		}
-	}
-	return len(ids)
+	return ids
 }
 
-// putRules writes the counters of new rule IDs, then the entries, then
-// their filter bits, then their length bits, so a probe never finds a bit
-// without its entry nor an entry without its counters. Called with d.mu held.
-func (d *Datapath) putRules(keys []lanmonitorLmRuleKey, vals []lanmonitorLmRule) error {
-	if len(keys) == 0 {
+// commit makes desired (every table, keys of generation 0) the
+// configuration in force. The rule tables are double-buffered (types.h:
+// struct lm_config): desired is written into the generation not in force,
+// the program is switched to it by one write of lm_settings.gen, and after
+// an RCU grace period, when no run of the program can still be reading the
+// old generation, the old one is brought up to date for the next change.
+// Counters of new rule IDs exist before the switch; those of rules gone are
+// deleted last, so an ID given to a new rule later starts from zero.
+// Called with d.mu held; desired is not modified afterwards.
+func (d *Datapath) commit(desired map[lanmonitorLmRuleKey]Rule) error {
+	if len(desired) > int(d.cfg.MaxPrefixes) {
+		return fmt.Errorf("%d prefixes in all tables exceed the capacity of %d", len(desired), d.cfg.MaxPrefixes)
+	}
+	ids := ruleIDs(desired)
+	if len(ids) > int(d.cfg.MaxRules) {
+		return fmt.Errorf("%d distinct rules in all tables exceed the capacity of %d", len(ids), d.cfg.MaxRules)
+	}
+	cur := d.settings.Gen & 1
+	next := 1 - cur
+	if maps.Equal(d.gens[cur], desired) && maps.Equal(d.gens[next], desired) {
 		return nil
 	}
+	old := ruleIDs(d.gens[cur])
 	zero := make([]lanmonitorLmRuleCounters, d.cpus)
-	for i, k := range keys {
-		id := vals[i].RuleId
-		if k.Table == uint8(TableProtected) || d.ruleRefs[id] > 0 {
+	for id := range ids {
+		if old[id] {
 			continue
 		}
 		if err := d.objs.LmRuleStats.Update(id, zero, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
 			return fmt.Errorf("create counters of rule %d: %w", id, err)
 		}
 	}
-	if _, err := d.objs.LmRules.BatchUpdate(keys, vals, &ebpf.BatchOptions{}); err != nil {
-		return fmt.Errorf("write %d rule entries: %w", len(keys), err)
-	}
-	for i, k := range keys {
-		old, existed := d.rules[k]
-		if !existed {
-			d.filter.add(k)
-			d.refLength(k, +1)
+	if !maps.Equal(d.gens[cur], desired) {
+		if err := d.writeGen(next, desired); err != nil {
+			return err
 		}
-		r := Rule{ID: vals[i].RuleId, Mode: Mode(vals[i].Mode)}
-		d.rules[k] = r
-		if k.Table != uint8(TableProtected) {
-			d.ruleRefs[r.ID]++
-			if existed {
-				d.unrefRule(old.ID)
-			}
+		d.settings.Gen = next
+		if err := d.writeSettings(); err != nil {
+			d.settings.Gen = cur
+			return err
 		}
+		if err := d.waitGrace(); err != nil {
+			return err
+		}
+		cur, next = next, cur
 	}
-	if err := d.writeFilter(); err != nil {
+	if err := d.writeGen(next, desired); err != nil {
 		return err
 	}
-	d.syncLengthBits(keys)
-	return d.writeSettings()
-}
-
-// deleteRules clears length bits and filter bits that only these entries
-// needed, then deletes the entries. Called with d.mu held.
-func (d *Datapath) deleteRules(keys []lanmonitorLmRuleKey) error {
-	if len(keys) == 0 {
-		return nil
-	}
-	var freed []uint32
-	for _, k := range keys {
-		d.filter.remove(k)
-		d.refLength(k, -1)
-		if k.Table != uint8(TableProtected) {
-			if id := d.rules[k].ID; d.ruleRefs[id] == 1 {
-				freed = append(freed, id)
-			}
-			d.ruleRefs[d.rules[k].ID]--
-			if d.ruleRefs[d.rules[k].ID] == 0 {
-				delete(d.ruleRefs, d.rules[k].ID)
-			}
-		}
-		delete(d.rules, k)
-	}
-	defer d.deleteCounters(freed)
-	d.syncLengthBits(keys)
 	if err := d.writeSettings(); err != nil {
 		return err
 	}
-	if err := d.writeFilter(); err != nil {
-		return err
-	}
-	if _, err := d.objs.LmRules.BatchDelete(keys, &ebpf.BatchOptions{}); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return fmt.Errorf("delete %d rule entries: %w", len(keys), err)
+	for id := range old {
+		if !ids[id] {
+			d.objs.LmRuleStats.Delete(id)
+		}
 	}
 	return nil
+}
+
+// inGen is the key of k (a generation-0 key) in generation g.
+func (k lanmonitorLmRuleKey) inGen(g uint32) lanmonitorLmRuleKey {
+	k.Table += uint8(g * tableCount)
+	return k
+}
+
+// writeGen makes generation g of lm_rules hold desired, which must not be
+// in force: new and changed entries are written, then their filter bits;
+// stale entries lose their filter bits, then are deleted; then the length
+// bits of g are recomputed in d.settings (written by the caller). On error
+// the generation's mirror is dropped, and the next commit reads it back
+// from the map. Called with d.mu held.
+func (d *Datapath) writeGen(g uint32, desired map[lanmonitorLmRuleKey]Rule) (err error) {
+	from := d.gens[g]
+	if from == nil {
+		if from, err = d.readGen(g); err != nil {
+			return err
+		}
+	}
+	recovered := d.gens[g] == nil
+	d.gens[g] = nil
+	put, del := diffRules(from, desired)
+	if recovered {
+		// An earlier write failed part way, maybe after clearing filter
+		// bits of keys that stayed: set every wanted key's bits again.
+		for k := range desired {
+			d.filter.add(k.inGen(g))
+		}
+	}
+	if len(put) > 0 {
+		keys := make([]lanmonitorLmRuleKey, 0, len(put))
+		vals := make([]lanmonitorLmRule, 0, len(put))
+		for k, r := range put {
+			keys = append(keys, k.inGen(g))
+			vals = append(vals, lanmonitorLmRule{RuleId: r.ID, Mode: uint8(r.Mode)})
+		}
+		if _, err := d.objs.LmRules.BatchUpdate(keys, vals, &ebpf.BatchOptions{}); err != nil {
+			return fmt.Errorf("write %d rule entries: %w", len(keys), err)
+		}
+		for _, k := range keys {
+			d.filter.add(k)
+		}
+	}
+	if len(del) > 0 {
+		keys := make([]lanmonitorLmRuleKey, len(del))
+		for i, k := range del {
+			keys[i] = k.inGen(g)
+			d.filter.remove(keys[i])
+		}
+		// The filter words of the deleted keys, recomputed from the keys
+		// that stay in both generations.
+		d.filter.recompute(func(yield func(lanmonitorLmRuleKey) bool) {
+			for gen, m := range [2]map[lanmonitorLmRuleKey]Rule{d.gens[1-g], desired} {
+				gg := 1 - g
+				if gen == 1 {
+					gg = g
+				}
+				for k := range m {
+					if !yield(k.inGen(gg)) {
+						return
+					}
+				}
+			}
+		})
+		if err := d.writeFilter(); err != nil {
+			return err
+		}
+		if _, err := d.objs.LmRules.BatchDelete(keys, &ebpf.BatchOptions{}); err != nil {
+			if !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return fmt.Errorf("delete %d rule entries: %w", len(keys), err)
+			}
+			// A batch stops at a missing key: delete the rest one by one.
+			for _, k := range keys {
+				if err := d.objs.LmRules.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+					return fmt.Errorf("delete rule entry: %w", err)
+				}
+			}
+		}
+	} else if err := d.writeFilter(); err != nil {
+		return err
+	}
+	d.settings.Lengths[g] = lengthBits(desired)
+	d.gens[g] = desired
+	return nil
+}
+
+// readGen reads generation g of lm_rules back from the map, as
+// generation-0 keys. Errors: a failed iteration, or a key of no table.
+func (d *Datapath) readGen(g uint32) (map[lanmonitorLmRuleKey]Rule, error) {
+	out := map[lanmonitorLmRuleKey]Rule{}
+	var (
+		key lanmonitorLmRuleKey
+		val lanmonitorLmRule
+	)
+	it := d.objs.LmRules.Iterate()
+	for it.Next(&key, &val) {
+		if key.Table >= 2*tableCount {
+			return nil, fmt.Errorf("rule map holds an entry of table %d: %w", key.Table, ErrIncompatiblePins)
+		}
+		if uint32(key.Table)/tableCount == g {
+			key.Table %= tableCount
+			out[key] = Rule{ID: val.RuleId, Mode: Mode(val.Mode)}
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read rules: %w", err)
+	}
+	return out, nil
 }
 
 // family returns 0 for an IPv4-mapped key, 1 for IPv6, and the prefix
@@ -272,38 +358,23 @@ func (k lanmonitorLmRuleKey) family() (fam, bits int) {
 	return 1, int(k.PrefixLen)
 }
 
-func (d *Datapath) refLength(k lanmonitorLmRuleKey, delta int) {
-	fam, bits := k.family()
-	d.lengthRefs[k.Table][fam][bits] = uint32(int(d.lengthRefs[k.Table][fam][bits]) + delta)
-}
-
-// syncLengthBits sets the length bit of every key's (table, family, length)
-// to whether any prefix of it remains.
-func (d *Datapath) syncLengthBits(keys []lanmonitorLmRuleKey) {
-	for _, k := range keys {
+// lengthBits returns, per table, the prefix lengths rules holds (struct
+// lm_prefix_lengths of types.h).
+func lengthBits(rules map[lanmonitorLmRuleKey]Rule) (out [tableCount]lanmonitorLmPrefixLengths) {
+	for k := range rules {
 		fam, bits := k.family()
-		d.setLengthBit(Table(k.Table), fam, bits, d.lengthRefs[k.Table][fam][bits] > 0)
+		l := &out[k.Table%tableCount]
+		if fam == 0 {
+			l.V4 |= 1 << bits
+		} else {
+			l.V6[bits/64] |= 1 << (bits % 64)
+		}
 	}
+	return out
 }
 
-func (d *Datapath) setLengthBit(t Table, fam, bits int, on bool) {
-	l := &d.settings.Lengths[t]
-	word := &l.V4
-	if fam == 1 {
-		word = &l.V6[bits/64]
-	}
-	mask := uint64(1) << (bits % 64)
-	if on {
-		*word |= mask
-	} else {
-		*word &^= mask
-	}
-}
-
-// writeFilter writes the filter words changed since the last write,
-// recomputing those that removed keys touched.
+// writeFilter writes the filter words changed since the last write.
 func (d *Datapath) writeFilter() error {
-	d.filter.recompute(d.rules)
 	idx, words := d.filter.takeDirty()
 	if len(idx) == 0 {
 		return nil
@@ -357,8 +428,9 @@ func (f *ruleFilter) remove(k lanmonitorLmRuleKey) {
 	f.stale[w] = struct{}{}
 }
 
-// recompute rebuilds the stale words from the keys that remain.
-func (f *ruleFilter) recompute(keys map[lanmonitorLmRuleKey]Rule) {
+// recompute rebuilds the stale words from the keys that remain (every key
+// of both generations, as the program probes them).
+func (f *ruleFilter) recompute(keys iter.Seq[lanmonitorLmRuleKey]) {
 	if len(f.stale) == 0 {
 		return
 	}

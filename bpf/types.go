@@ -115,6 +115,11 @@ type Stats struct {
 	// FilteredSnooped counts frames for other hosts that were ignored
 	// because the interface is not meant to be promiscuous (not in Packets).
 	FilteredSnooped uint64
+	// V4Mapped counts IPv6 packets whose source or destination is
+	// IPv4-mapped (::ffff:a.b.c.d, RFC 4291 section 2.5.5.2; not valid on
+	// the wire): matched against the IPv4 prefixes, and a v4-mapped source
+	// is not counted as a talker (it would alias the IPv4 host).
+	V4Mapped uint64
 }
 
 func (s *Stats) add(v *lanmonitorLmStats) {
@@ -135,6 +140,7 @@ func (s *Stats) add(v *lanmonitorLmStats) {
 	s.TalkerInsertErrors += v.TalkerInsertErrors
 	s.SamplesLost += v.SamplesLost
 	s.FilteredSnooped += v.FilteredSnooped
+	s.V4Mapped += v.V4Mapped
 }
 
 // FlowSample is one sampled packet (Config sample rate 1-in-N).

@@ -29,13 +29,20 @@ struct lm_talker {
 	__u64 snooped_packets; /* frames addressed to another host, seen in promiscuous mode */
 };
 
-/* Which rule table an entry of lm_rules belongs to. */
+/*
+ * Which rule table an entry of lm_rules belongs to. Every table exists in two
+ * generations (see struct lm_config.gen): the key's table field is
+ * table + LM_TABLE_COUNT * generation.
+ */
 enum lm_table {
 	LM_TABLE_SOURCE = 0,      /* blocklist matched against the source address */
 	LM_TABLE_DESTINATION = 1, /* blocklist matched against the destination address */
 	LM_TABLE_PROTECTED = 2,   /* protected prefixes (lockout guard), never dropped */
 	LM_TABLE_COUNT = 3,
 };
+
+/* Rule-table generations: one in force, one being written by Go. */
+#define LM_GENERATIONS 2
 
 /* What a matching blocklist entry does. */
 enum lm_mode {
@@ -51,7 +58,7 @@ enum lm_mode {
 struct lm_rule_key {
 	struct lm_addr addr;
 	__u8 prefix_len; /* 0..128 */
-	__u8 table;      /* enum lm_table */
+	__u8 table;      /* enum lm_table + LM_TABLE_COUNT * generation */
 	__u8 pad[2];
 };
 
@@ -87,13 +94,24 @@ struct lm_prefix_lengths {
  */
 #define LM_FLAG_PROMISCUOUS (1 << 0)
 
-/* struct lm_config: runtime knobs, the single entry of lm_settings. */
+/*
+ * struct lm_config: runtime knobs, the single entry of lm_settings.
+ *
+ * The rule tables are double-buffered: gen names the generation in force.
+ * The program reads gen once per frame and makes every lookup of that frame
+ * in that generation, so a frame sees one whole configuration, old or new,
+ * never a mix. Go writes a change into the other generation, flips gen,
+ * waits for an RCU grace period (every run that read the old gen has ended),
+ * then brings the old generation up to date.
+ */
 struct lm_config {
 	__u8 if_mac[6]; /* the interface's own MAC: frames to it are local */
 	__u8 pad[2];
 	__u32 sample_rate; /* 1-in-N flow sampling; 0 = off */
 	__u32 flags;       /* LM_FLAG_* */
-	struct lm_prefix_lengths lengths[LM_TABLE_COUNT];
+	__u32 gen;         /* rule-table generation in force: 0 or 1 */
+	__u32 pad2;
+	struct lm_prefix_lengths lengths[LM_GENERATIONS][LM_TABLE_COUNT];
 };
 
 /* struct lm_stats: global counters (one copy per CPU). */
@@ -115,6 +133,7 @@ struct lm_stats {
 	__u64 talker_insert_errors; /* inserts that failed other than by losing a race */
 	__u64 samples_lost;         /* flow samples dropped because the ring buffer was full */
 	__u64 filtered_snooped;     /* frames for other hosts ignored (not promiscuous); not in packets */
+	__u64 v4_mapped;            /* IPv6 packets with an IPv4-mapped source or destination */
 };
 
 /* Flow sample flags. */
