@@ -1,6 +1,7 @@
 package agent_test
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"net/http"
@@ -400,6 +401,74 @@ func TestUpgrade(t *testing.T) {
 		t.Fatalf("program not replaced: still %d", prog)
 	}
 	onePinnedLink(t, l)
+}
+
+// TestUpgradeFromPreviousLayout: like TestUpgrade, but the running agent
+// is built from the commit before the last change of the maps' layout
+// (bpf/types.h), so its pinned maps do not all match the new agent's. The
+// new agent replaces the maps that differ (the rule maps filled before it
+// takes over the link), adopts those that match: no blocked frame passes,
+// no allowed frame is lost, the talker and rule counters continue exactly.
+func TestUpgradeFromPreviousLayout(t *testing.T) {
+	l := newLAN(t, lanOptions{})
+	oldBin := previousLayoutAgent(t)
+	file := manifests(t, t.TempDir(), monitor1s+ipblock("blocked", blockedSrc))
+	old := l.start(t, oldBin, file, "--keep-on-exit")
+	tr := startTraffic(t, l, blockedSrc, allowedSrc)
+	time.Sleep(300 * time.Millisecond)
+	if code := old.stop(syscall.SIGTERM); code != 0 {
+		t.Fatalf("old agent exit %d", code)
+	}
+	b := l.start(t, agentBinary(t, "dev"), file)
+	time.Sleep(300 * time.Millisecond)
+	tr.halt()
+	sentBlocked, sentAllowed := int(tr.sent[0].Load()), int(tr.sent[1].Load())
+	if err := tr.okay.Expect(sentAllowed, 5*time.Second, 200*time.Millisecond); err != nil {
+		t.Fatalf("allowed frames lost during the upgrade: %v", err)
+	}
+	if n := tr.blocked.N(); n != 0 {
+		t.Fatalf("%d of %d blocked frames passed during the upgrade", n, sentBlocked)
+	}
+	onePinnedLink(t, l)
+	if !strings.Contains(b.logs.String(), "pinned maps do not match this agent; replacing them") {
+		t.Errorf("the new agent did not report replacing the old maps:\n%s", b.logs)
+	}
+	ts := b.talkers()
+	if ts[blockedSrc].Packets != uint64(sentBlocked) || ts[allowedSrc].Packets != uint64(sentAllowed) {
+		t.Fatalf("talker counters did not continue: blocked %d of %d, allowed %d of %d", ts[blockedSrc].Packets, sentBlocked, ts[allowedSrc].Packets, sentAllowed)
+	}
+	var blocks agent.BlocksResponse
+	b.get("/api/v1/blocks", &blocks)
+	if len(blocks.Rules) != 1 || blocks.Rules[0].DroppedPackets != uint64(sentBlocked) {
+		t.Fatalf("blocks %+v, want %d dropped", blocks, sentBlocked)
+	}
+	t.Logf("%d blocked and %d allowed frames across the upgrade from the previous layout", sentBlocked, sentAllowed)
+}
+
+// previousLayoutAgent builds the agent of the commit before the last
+// change of bpf/types.h, from this checkout's git history.
+func previousLayoutAgent(t *testing.T) string {
+	t.Helper()
+	if out, _ := exec.Command("git", "rev-parse", "--is-shallow-repository").Output(); strings.TrimSpace(string(out)) == "true" {
+		t.Skip("a shallow clone has no earlier commit to build the previous layout from (git fetch --unshallow)")
+	}
+	out, err := exec.Command("git", "log", "-n", "1", "--format=%H", "--", "../bpf/types.h").Output()
+	if err != nil || len(bytes.TrimSpace(out)) == 0 {
+		t.Fatalf("find the last layout change in git history (the test needs a git checkout): %v", err)
+	}
+	rev := strings.TrimSpace(string(out)) + "^"
+	dir := t.TempDir()
+	if out, err := exec.Command("sh", "-c", "git -C .. archive --format=tar "+rev+" | tar -x -C "+dir).CombinedOutput(); err != nil {
+		t.Fatalf("check out %s: %v\n%s", rev, err, out)
+	}
+	bin := filepath.Join(dir, "lanmonitor-agent-previous")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/lanmonitor-agent")
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build the agent of %s: %v\n%s", rev, err, out)
+	}
+	os.Chmod(dir, 0o755)
+	return bin
 }
 
 // TestInterfaceRecreated: the interface is deleted (reported not attached)

@@ -297,13 +297,19 @@ func lockPinDir(dir string) (*os.File, error) {
 	return f, nil
 }
 
-// loadDatapath loads the program with maps pinned in the pin directory. If
-// maps pinned by an earlier run no longer fit (another capacity), it loads
-// with fresh, unpinned maps and reports repin: the caller pins them once the
-// link uses the new program, so enforcement never lapses.
+// loadDatapath loads the program with maps pinned in the pin directory.
+// Pinned maps that no longer fit (another capacity, another layout) are
+// replaced by new ones, their contents carried over where the layouts
+// allow (bpf.Datapath.Replaced, CarriedOver), and it reports repin: the
+// caller fills the new maps, moves the link to the new program, then pins
+// them, so enforcement never lapses.
 func (m *Manager) loadDatapath(capacity uint32) (*bpf.Datapath, bool, error) {
 	cfg := bpf.Config{MaxTrackedSources: capacity, MaxPrefixes: m.opts.MaxPrefixes, MaxRules: m.opts.MaxRules, PinPath: m.pinDir}
 	dp, err := bpf.Load(cfg)
+	if err == nil && len(dp.Replaced()) > 0 {
+		m.log.Warn("pinned maps do not match this agent; replacing them", "replaced", dp.Replaced(), "carriedOver", dp.CarriedOver())
+		return dp, true, nil
+	}
 	if errors.Is(err, bpf.ErrIncompatiblePins) {
 		m.log.Warn("pinned maps do not match the configuration; starting with new maps (counters restart)", "error", err)
 		cfg.PinPath = ""
@@ -794,12 +800,14 @@ func (m *Manager) apply(prev Config) error {
 	return nil
 }
 
-// rebuild replaces the maps by new ones of the configured capacity: the new
-// program gets the rules first, then takes over the link atomically, then
-// its maps replace the old pins. Called with m.mu held.
+// rebuild replaces the talker map by one of the configured capacity: a new
+// program adopts the other pinned maps (rules and counters continue) and
+// gets the tracked sources copied over, then takes over the link
+// atomically, then its talker map replaces the old pin. Called with m.mu
+// held.
 func (m *Manager) rebuild() error {
 	cfg := m.dp.Config()
-	cfg.MaxTrackedSources, cfg.PinPath = m.cfg.MaxTrackedSources, ""
+	cfg.MaxTrackedSources = m.cfg.MaxTrackedSources
 	dp, err := bpf.Load(cfg)
 	if err != nil {
 		return err

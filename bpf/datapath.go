@@ -11,9 +11,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"sync"
 	"syscall"
 
@@ -96,6 +99,8 @@ type Datapath struct {
 	// grace is an array of maps whose update makes the kernel wait for an
 	// RCU grace period (see waitGrace); graceInner is its element.
 	grace, graceInner *ebpf.Map
+	// replaced and carried: see Replaced and CarriedOver.
+	replaced, carried []string
 }
 
 // Load loads the XDP program into the kernel with maps sized by cfg.
@@ -132,6 +137,7 @@ func Load(cfg Config) (*Datapath, error) {
 	opts := &ebpf.CollectionOptions{}
 	var createdDir bool
 	var before map[string]bool
+	var old map[string]*ebpf.Map // pinned maps that do not match: replaced
 	if cfg.PinPath != "" {
 		if _, err := os.Stat(cfg.PinPath); errors.Is(err, os.ErrNotExist) {
 			createdDir = true
@@ -140,11 +146,22 @@ func Load(cfg Config) (*Datapath, error) {
 			return nil, fmt.Errorf("create pin directory: %w", err)
 		}
 		before = pinFiles(cfg.PinPath)
+		old, err = checkPins(spec, cfg.PinPath)
+		if err != nil {
+			return nil, err
+		}
 		for _, name := range pinnedMaps {
-			spec.Maps[name].Pinning = ebpf.PinByName
+			if old[name] == nil {
+				spec.Maps[name].Pinning = ebpf.PinByName
+			}
 		}
 		opts.Maps.PinPath = cfg.PinPath
 	}
+	defer func() {
+		for _, m := range old {
+			m.Close()
+		}
+	}()
 
 	d := &Datapath{cfg: cfg, cpus: cpus, filter: newRuleFilter(cfg.filterWords())}
 	if err := spec.LoadAndAssign(&d.objs, opts); err != nil {
@@ -162,6 +179,14 @@ func Load(cfg Config) (*Datapath, error) {
 			return nil, fmt.Errorf("load xdp program: %w (needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON: run as root)", err)
 		}
 		return nil, fmt.Errorf("load xdp program: %w", err)
+	}
+	for _, name := range slices.Sorted(maps.Keys(old)) {
+		d.replaced = append(d.replaced, name)
+		if carried, err := d.carryOver(name, old[name]); err != nil {
+			return nil, errors.Join(err, d.objs.Close())
+		} else if carried {
+			d.carried = append(d.carried, name)
+		}
 	}
 	if err := d.openGrace(); err != nil {
 		return nil, errors.Join(err, d.objs.Close())
@@ -199,10 +224,140 @@ func (d *Datapath) waitGrace() error {
 	return nil
 }
 
-// ErrIncompatiblePins means maps pinned by an earlier run have other sizes
-// or another layout than this Config and program: the caller may load
-// without pins, move the XDP link over, and Pin the new maps instead.
+// ErrIncompatiblePins means the maps pinned by an earlier run hold what
+// this program cannot read (checkPins lets through maps of the right type,
+// sizes and flags; this is for their content): the caller may load without
+// pins, move the XDP link over, and Pin the new maps instead.
 var ErrIncompatiblePins = errors.New("pinned maps do not match")
+
+// ruleMaps are read together: if one of them does not match this program,
+// none of them is adopted.
+var ruleMaps = []string{lanmonitorMapLmRules, lanmonitorMapLmFilter, lanmonitorMapLmSettings}
+
+// checkPins opens the maps pinned in dir and returns those that do not
+// match spec (map type, key size, value size, flags or capacity: what
+// cilium/ebpf's MapSpec.Compatible compares), open, by name; the caller
+// closes them. If one of ruleMaps does not match, all pinned ruleMaps are
+// returned. Maps not returned are adopted by the load.
+// Errors: a pin that exists but cannot be opened.
+func checkPins(spec *ebpf.CollectionSpec, dir string) (map[string]*ebpf.Map, error) {
+	old := map[string]*ebpf.Map{}
+	pinned := map[string]*ebpf.Map{}
+	defer func() {
+		for name, m := range pinned {
+			if old[name] == nil {
+				m.Close()
+			}
+		}
+	}()
+	for _, name := range pinnedMaps {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("open pinned map %s: %w", name, err)
+		}
+		pinned[name] = m
+		if spec.Maps[name].Compatible(m) != nil {
+			old[name] = m
+		}
+	}
+	for _, name := range ruleMaps {
+		if old[name] != nil {
+			for _, n := range ruleMaps {
+				if pinned[n] != nil {
+					old[n] = pinned[n]
+				}
+			}
+			break
+		}
+	}
+	return old, nil
+}
+
+// Replaced names the pinned maps that did not match this program and were
+// replaced by new ones at Load; the caller pins the new ones (Pin) once the
+// interface runs the new program. Nil when every pin was adopted.
+func (d *Datapath) Replaced() []string { return d.replaced }
+
+// CarriedOver names the replaced maps whose contents were copied into the
+// new ones at Load: the talker map when only its capacity or flags changed
+// (frames the old program counts after the copy are not carried), the rule
+// counters likewise, and the global counters when the old value is a prefix
+// of the new one (fields are only ever appended to struct lm_stats).
+func (d *Datapath) CarriedOver() []string { return d.carried }
+
+// carryOver copies what the replaced map old holds into its new twin when
+// the layouts allow, and reports whether it did. Errors: a failed read or
+// write of a map whose layout allowed the copy.
+func (d *Datapath) carryOver(name string, old *ebpf.Map) (bool, error) {
+	switch name {
+	case lanmonitorMapLmTalkers:
+		return copyEntries[lanmonitorLmAddr, lanmonitorLmTalker](old, d.objs.LmTalkers, d.cpus)
+	case lanmonitorMapLmRuleStats:
+		return copyEntries[uint32, lanmonitorLmRuleCounters](old, d.objs.LmRuleStats, d.cpus)
+	case lanmonitorMapLmGlobalStats:
+		return d.carryGlobalStats(old)
+	}
+	return false, nil // rules, filter and settings are written from the configuration
+}
+
+// copyEntries copies every entry of the per-CPU hash old into dst when
+// both have the same type, key size and value size (K and V), and reports
+// whether it did.
+func copyEntries[K, V any](old, dst *ebpf.Map, cpus int) (bool, error) {
+	if old.Type() != dst.Type() || old.KeySize() != dst.KeySize() || old.ValueSize() != dst.ValueSize() {
+		return false, nil
+	}
+	const batch = 1024
+	keys := make([]K, batch)
+	vals := make([]V, batch*cpus)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := old.BatchLookup(&cursor, keys, vals, nil)
+		if n > 0 {
+			if _, uerr := dst.BatchUpdate(keys[:n], vals[:n*cpus], nil); uerr != nil {
+				return false, fmt.Errorf("copy map entries: %w", uerr)
+			}
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return true, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("read old map: %w", err)
+		}
+	}
+}
+
+// carryGlobalStats copies the global counters of an older struct lm_stats
+// (a prefix of this one: fields are only appended) into the new map.
+func (d *Datapath) carryGlobalStats(old *ebpf.Map) (bool, error) {
+	newSize := d.objs.LmGlobalStats.ValueSize()
+	if old.Type() != ebpf.PerCPUArray || old.KeySize() != 4 || old.ValueSize() > newSize || old.ValueSize()%8 != 0 {
+		return false, nil
+	}
+	// One []uint64 array per CPU, as many words as the old struct has.
+	words := int(old.ValueSize() / 8)
+	per := reflect.MakeSlice(reflect.SliceOf(reflect.ArrayOf(words, reflect.TypeFor[uint64]())), d.cpus, d.cpus)
+	if err := old.Lookup(uint32(0), per.Interface()); err != nil {
+		return false, fmt.Errorf("read old global counters: %w", err)
+	}
+	out := make([]lanmonitorLmStats, d.cpus)
+	for cpu := range d.cpus {
+		b := make([]byte, newSize)
+		for w := range words {
+			binary.NativeEndian.PutUint64(b[8*w:], per.Index(cpu).Index(w).Uint())
+		}
+		if _, err := binary.Decode(b, binary.NativeEndian, &out[cpu]); err != nil {
+			return false, fmt.Errorf("decode old global counters: %w", err)
+		}
+	}
+	if err := d.objs.LmGlobalStats.Update(uint32(0), out, ebpf.UpdateAny); err != nil {
+		return false, fmt.Errorf("copy global counters: %w", err)
+	}
+	return true, nil
+}
 
 // pinnedMaps are the maps pinned under Config.PinPath (all but the ring
 // buffer, which holds nothing worth keeping across a restart).
@@ -297,6 +452,13 @@ func (d *Datapath) adopt() error {
 	}
 	if err := d.writeSettings(); err != nil {
 		return err
+	}
+	// Counters of every rule in force (a replaced counter map is empty).
+	zeros := make([]lanmonitorLmRuleCounters, d.cpus)
+	for id := range ruleIDs(d.active()) {
+		if err := d.objs.LmRuleStats.Update(id, zeros, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+			return fmt.Errorf("create counters of rule %d: %w", id, err)
+		}
 	}
 	return d.commit(d.active())
 }

@@ -4,7 +4,10 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/lanmonitor/lanmonitor/bpf"
 	"github.com/lanmonitor/lanmonitor/internal/frames"
@@ -220,5 +223,158 @@ func TestFilterAfterRemovals(t *testing.T) {
 		if got := run(t, d, f); got != want {
 			t.Fatalf("%s (kept %v): verdict %d, want %d", p, kept, got, want)
 		}
+	}
+}
+
+// TestPinMismatch: maps pinned by another configuration or another version
+// of the program are detected on load, each kind of mismatch with real
+// pins: a map that does not match is replaced by a new one, never read
+// with the wrong layout; maps that match are adopted with their counters;
+// counters are copied over where the layouts allow; the rule maps (rules,
+// filter, settings) are replaced together. Pinning the new maps makes the
+// next load adopt everything.
+func TestPinMismatch(t *testing.T) {
+	privileged.Require(t)
+	base := bpf.Config{MaxTrackedSources: 1024, MaxPrefixes: 1024, MaxRules: 16}
+	rules := map[bpf.Table]map[netip.Prefix]bpf.Rule{bpf.TableSource: {netip.MustParsePrefix(src4(200).String() + "/32"): {ID: 3}}}
+	blocked, allowed := frames.MustBuild(udp4(200)), frames.MustBuild(udp4(201))
+	ruleUnit := []string{"lm_filter", "lm_rules", "lm_settings"}
+
+	for _, c := range []struct {
+		name string
+		cfg  func(bpf.Config) bpf.Config
+		// pin replaces one pin with a map of another shape (nil: none).
+		pin      *ebpf.MapSpec
+		replaced []string
+		carried  []string
+	}{
+		{name: "talker capacity", cfg: func(c bpf.Config) bpf.Config { c.MaxTrackedSources = 2048; return c },
+			replaced: []string{"lm_talkers"}, carried: []string{"lm_talkers"}},
+		{name: "rule capacity", cfg: func(c bpf.Config) bpf.Config { c.MaxPrefixes = 512; return c },
+			replaced: ruleUnit},
+		{name: "rule counters value size", pin: &ebpf.MapSpec{Name: "lm_rule_stats", Type: ebpf.PerCPUHash, KeySize: 4, ValueSize: 16, MaxEntries: 16},
+			replaced: []string{"lm_rule_stats"}},
+		{name: "filter key size and type", pin: &ebpf.MapSpec{Name: "lm_filter", Type: ebpf.Hash, KeySize: 8, ValueSize: 8, MaxEntries: 128},
+			replaced: ruleUnit},
+		{name: "rule map flags", pin: &ebpf.MapSpec{Name: "lm_rules", Type: ebpf.Hash, KeySize: 20, ValueSize: 8, MaxEntries: 2048},
+			replaced: ruleUnit},
+		{name: "older global counters", pin: &ebpf.MapSpec{Name: "lm_global_stats", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 17 * 8, MaxEntries: 1},
+			replaced: []string{"lm_global_stats"}, carried: []string{"lm_global_stats"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir, err := os.MkdirTemp(privileged.BPFFS, "lanmonitor-test-")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { os.RemoveAll(dir) })
+			cfg := base
+			cfg.PinPath = filepath.Join(dir, "lab0")
+
+			first := loadForTest(t, cfg)
+			if _, _, err := first.SyncTables(rules); err != nil {
+				t.Fatal(err)
+			}
+			run(t, first, blocked)
+			run(t, first, allowed)
+			run(t, first, allowed)
+			wantStats := stats(t, first)
+			first.Close()
+
+			var oldGlobal []uint64 // per CPU, the first word (packets) of the older struct
+			if c.pin != nil {
+				path := filepath.Join(cfg.PinPath, c.pin.Name)
+				if err := os.Remove(path); err != nil {
+					t.Fatal(err)
+				}
+				m, err := ebpf.NewMap(c.pin)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer m.Close()
+				if c.pin.Name == "lm_global_stats" {
+					// An older struct lm_stats: every field but the last, v4_mapped.
+					cpus, _ := ebpf.PossibleCPU()
+					per := make([][17]uint64, cpus)
+					for cpu := range per {
+						for w := range per[cpu] {
+							per[cpu][w] = uint64(100*cpu + w + 1)
+						}
+						oldGlobal = append(oldGlobal, per[cpu][0])
+					}
+					if err := m.Put(uint32(0), per); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if err := m.Pin(path); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if c.cfg != nil {
+				cfg = c.cfg(cfg)
+			}
+
+			second := loadForTest(t, cfg)
+			if got := second.Replaced(); !slices.Equal(got, c.replaced) {
+				t.Errorf("replaced %v, want %v", got, c.replaced)
+			}
+			if got := second.CarriedOver(); !slices.Equal(got, c.carried) {
+				t.Errorf("carried over %v, want %v", got, c.carried)
+			}
+			replaced := func(name string) bool { return slices.Contains(c.replaced, name) }
+
+			// The rules: adopted, or replaced and empty (the agent writes
+			// them from its configuration before it attaches), never misread.
+			wantVerdict, wantPrefixes := uint32(xdpDrop), 1
+			if replaced("lm_rules") {
+				wantVerdict, wantPrefixes = xdpPass, 0
+			}
+			if got := len(second.Prefixes(bpf.TableSource)); got != wantPrefixes {
+				t.Errorf("%d source prefixes after load, want %d", got, wantPrefixes)
+			}
+			before := stats(t, second)
+			if v := run(t, second, blocked); v != wantVerdict {
+				t.Errorf("blocked source verdict %d, want %d", v, wantVerdict)
+			}
+
+			// The counters: adopted or copied exactly, or new and empty.
+			switch {
+			case c.pin != nil && c.pin.Name == "lm_global_stats":
+				var sum uint64
+				for _, v := range oldGlobal {
+					sum += v
+				}
+				if before.Packets != sum || before.V4Mapped != 0 {
+					t.Errorf("global counters %+v: want packets %d copied from the older layout and v4Mapped 0", before, sum)
+				}
+			default:
+				if before != wantStats {
+					t.Errorf("global counters %+v, want %+v (adopted)", before, wantStats)
+				}
+			}
+			talkers := talkerMap(t, second)
+			if talkers[src4(201).String()].Packets != 2 || talkers[src4(200).String()].Packets < 1 {
+				t.Errorf("talkers %+v: want the earlier counts (2 frames of %s)", talkers, src4(201))
+			}
+			if !replaced("lm_rules") {
+				rc := ruleCounters(t, second)
+				want := uint64(1)
+				if replaced("lm_rule_stats") {
+					want = 0 // a new map: the rule's counters restart
+				}
+				if rc[3].Matched != want+1 || rc[3].Dropped != want+1 {
+					t.Errorf("rule 3 counters %+v, want %d matched and dropped", rc[3], want+1)
+				}
+			}
+
+			// Pinned again, everything is adopted by the next load.
+			if err := second.Pin(cfg.PinPath); err != nil {
+				t.Fatal(err)
+			}
+			second.Close()
+			third := loadForTest(t, cfg)
+			if got := third.Replaced(); got != nil {
+				t.Errorf("after Pin, the next load replaced %v", got)
+			}
+		})
 	}
 }

@@ -253,12 +253,12 @@ func (k lanmonitorLmRuleKey) inGen(g uint32) lanmonitorLmRuleKey {
 // from the map. Called with d.mu held.
 func (d *Datapath) writeGen(g uint32, desired map[lanmonitorLmRuleKey]Rule) (err error) {
 	from := d.gens[g]
-	if from == nil {
+	recovered := from == nil
+	if recovered {
 		if from, err = d.readGen(g); err != nil {
 			return err
 		}
 	}
-	recovered := d.gens[g] == nil
 	d.gens[g] = nil
 	put, del := diffRules(from, desired)
 	if recovered {
