@@ -2,9 +2,14 @@ package agent_test
 
 import (
 	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -792,4 +797,124 @@ func TestStandaloneAuth(t *testing.T) {
 	a.token = "lab-token-0123456789"
 	l.send(t, udp("198.18.0.20", 100), udp("198.18.0.20", 100), udp("198.18.0.20", 100))
 	waitFor(t, 5*time.Second, "3 packets counted", func() bool { return a.stats().Packets == 3 })
+}
+
+// TestStandaloneFromTheLAN: the agent runs inside the node's namespace, as
+// on a real host, and a host of the monitored LAN tries its API on the
+// node's LAN address. By default the agent listens on loopback only: the
+// connection is refused. On the LAN address it needs a token file: without
+// one it does not start; with one, plain HTTP is refused, and a request
+// without the token or with a wrong one gets 401.
+func TestStandaloneFromTheLAN(t *testing.T) {
+	l := newLAN(t, lanOptions{})
+	nodeAddr, hostAddr := netip.MustParsePrefix("198.18.0.1/24"), netip.MustParsePrefix("198.18.0.2/24")
+	if err := l.node.AddAddr("lan0", nodeAddr); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.host.AddAddr("eth0", hostAddr); err != nil {
+		t.Fatal(err)
+	}
+	bin := agentBinary(t, "dev")
+	file := manifests(t, t.TempDir(), monitor1s)
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte("lab-token-0123456789\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// startInNode runs the agent in the node's namespace and waits for
+	// its "running" line, or for its exit.
+	startInNode := func(extra ...string) (*agentProc, bool) {
+		t.Helper()
+		args := append([]string{"standalone", "-i", "lan0", "-f", file, "--pin-root", l.pinRoot}, extra...)
+		p := &agentProc{t: t, cmd: l.node.Command(context.Background(), bin, args...), logs: &syncBuffer{}, exited: make(chan struct{})}
+		p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
+		if err := lab.Start(p.cmd); err != nil {
+			t.Fatal(err)
+		}
+		go func() { p.err = p.cmd.Wait(); close(p.exited) }()
+		t.Cleanup(func() {
+			p.cmd.Process.Signal(syscall.SIGTERM)
+			<-p.exited
+		})
+		for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); {
+			if listenRE.MatchString(p.logs.String()) {
+				return p, true
+			}
+			select {
+			case <-p.exited:
+				return p, false
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+		t.Fatalf("agent neither started nor exited in 15 s:\n%s", p.logs)
+		return nil, false
+	}
+	// fromHost makes one request from the LAN host (the socket is made in
+	// its namespace): the status code, or the error.
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true}, // the agent's self-signed certificate
+		DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, network, addr string) (conn net.Conn, err error) {
+			derr := l.host.Do(func() error {
+				conn, err = (&net.Dialer{Timeout: 3 * time.Second}).DialContext(ctx, network, addr)
+				return nil
+			})
+			return conn, errors.Join(err, derr)
+		},
+	}}
+	fromHost := func(url, token string) (int, error) {
+		req, _ := http.NewRequest(http.MethodGet, url, nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			return 0, err
+		}
+		resp.Body.Close()
+		return resp.StatusCode, nil
+	}
+	api := "https://198.18.0.1:9470/api/v1/stats"
+
+	// Default: loopback only.
+	a, ok := startInNode()
+	if !ok {
+		t.Fatalf("agent exited: %v\n%s", a.err, a.logs)
+	}
+	if _, err := fromHost(api, ""); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("GET %s from the LAN with the default listen address: %v, want connection refused", api, err)
+	}
+	a.stop(syscall.SIGTERM)
+
+	// The LAN address without a token file: refused at start.
+	a, ok = startInNode("--listen", "198.18.0.1:9470")
+	if ok {
+		t.Fatalf("agent serves 198.18.0.1:9470 without --auth-token-file or --insecure-listen:\n%s", a.logs)
+	}
+	if !strings.Contains(a.logs.String(), "--auth-token-file") || !strings.Contains(a.logs.String(), "--insecure-listen") {
+		t.Errorf("the refusal does not name --auth-token-file and --insecure-listen:\n%s", a.logs)
+	}
+
+	// With a token file: HTTPS, and the token is required.
+	a, ok = startInNode("--listen", "198.18.0.1:9470", "--auth-token-file", tokenFile)
+	if !ok {
+		t.Fatalf("agent exited: %v\n%s", a.err, a.logs)
+	}
+	if code, err := fromHost("http://198.18.0.1:9470/api/v1/stats", ""); err != nil || code != http.StatusBadRequest {
+		t.Errorf("plain HTTP from the LAN: %d %v, want 400 (an HTTPS server)", code, err)
+	}
+	for _, c := range []struct {
+		url, token string
+		want       int
+	}{
+		{api, "", http.StatusUnauthorized},
+		{api, "lab-token-01234567", http.StatusUnauthorized},
+		{"https://198.18.0.1:9470/metrics", "", http.StatusUnauthorized},
+		{"https://198.18.0.1:9470/", "", http.StatusUnauthorized},
+		{"https://198.18.0.1:9470/healthz", "", http.StatusOK},
+		{api, "lab-token-0123456789", http.StatusOK},
+	} {
+		if code, err := fromHost(c.url, c.token); err != nil || code != c.want {
+			t.Errorf("GET %s from the LAN with token %q: %d %v, want %d", c.url, c.token, code, err, c.want)
+		}
+	}
 }
