@@ -269,27 +269,41 @@ func TestPromiscuity(t *testing.T) {
 	})
 }
 
-// traffic sends frames from a blocked and an allowed source continuously
-// and counts what reaches the node's stack (a packet socket there sees only
+// traffic sends one frame from each source every 500 µs and counts, per
+// source, what reaches the node's stack (a packet socket there sees only
 // what XDP passed).
 type traffic struct {
 	stop          chan struct{}
+	halted        sync.Once
 	wg            sync.WaitGroup
-	sent          [2]atomic.Int64 // blocked, allowed
-	blocked, okay *lab.Counter
+	sent          []atomic.Int64 // per source
+	rx            []*lab.Counter // per source
+	blocked, okay *lab.Counter   // startTraffic's rx[0] and rx[1]
 }
 
+// startTraffic: frames from a blocked and an allowed source.
 func startTraffic(t *testing.T, l *lan, blockedSrc, allowedSrc string) *traffic {
+	t.Helper()
+	tr := startTrafficFrom(t, l, blockedSrc, allowedSrc)
+	tr.blocked, tr.okay = tr.rx[0], tr.rx[1]
+	return tr
+}
+
+// startTrafficFrom: frames from each of srcs, until halt (or the test's end).
+func startTrafficFrom(t *testing.T, l *lan, srcs ...string) *traffic {
 	t.Helper()
 	rx, err := l.node.Receiver("lan0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { rx.Close() })
-	bf, af := udp(blockedSrc, 20), udp(allowedSrc, 20)
-	tr := &traffic{stop: make(chan struct{})}
-	tr.blocked = rx.Count(func(f lab.Frame) bool { return string(f.Data) == string(bf) })
-	tr.okay = rx.Count(func(f lab.Frame) bool { return string(f.Data) == string(af) })
+	tr := &traffic{stop: make(chan struct{}), sent: make([]atomic.Int64, len(srcs))}
+	fs := make([][]byte, len(srcs))
+	for i, src := range srcs {
+		f := udp(src, 20)
+		fs[i] = f
+		tr.rx = append(tr.rx, rx.Count(func(fr lab.Frame) bool { return string(fr.Data) == string(f) }))
+	}
 	tr.wg.Add(1)
 	go func() {
 		defer tr.wg.Done()
@@ -301,17 +315,18 @@ func startTraffic(t *testing.T, l *lan, blockedSrc, allowedSrc string) *traffic 
 				return
 			case <-tick.C:
 			}
-			for i, f := range [][]byte{bf, af} {
+			for i, f := range fs {
 				if l.tx.Send(f) == nil {
 					tr.sent[i].Add(1)
 				}
 			}
 		}
 	}()
+	t.Cleanup(tr.halt)
 	return tr
 }
 
-func (tr *traffic) halt() { close(tr.stop); tr.wg.Wait() }
+func (tr *traffic) halt() { tr.halted.Do(func() { close(tr.stop); tr.wg.Wait() }) }
 
 const blockedSrc, allowedSrc = "198.18.0.66", "198.18.0.77"
 
@@ -825,16 +840,7 @@ func TestStandaloneFromTheLAN(t *testing.T) {
 	startInNode := func(extra ...string) (*agentProc, bool) {
 		t.Helper()
 		args := append([]string{"standalone", "-i", "lan0", "-f", file, "--pin-root", l.pinRoot}, extra...)
-		p := &agentProc{t: t, cmd: l.node.Command(context.Background(), bin, args...), logs: &syncBuffer{}, exited: make(chan struct{})}
-		p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
-		if err := lab.Start(p.cmd); err != nil {
-			t.Fatal(err)
-		}
-		go func() { p.err = p.cmd.Wait(); close(p.exited) }()
-		t.Cleanup(func() {
-			p.cmd.Process.Signal(syscall.SIGTERM)
-			<-p.exited
-		})
+		p := runAgent(t, l.node.Command(context.Background(), bin, args...))
 		for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); {
 			if listenRE.MatchString(p.logs.String()) {
 				return p, true

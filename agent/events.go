@@ -91,11 +91,13 @@ func newEventHub() *sse.Hub {
 // reportEvent turns report cur, taken after prev (the zero Report for the
 // first one), into the event the dashboard streams. Rates of rule counters
 // come from the deltas since prev (a counter that went backwards, after a
-// rebuild, counts from zero).
+// rebuild, counts from zero). The reports' times carry the monotonic clock;
+// should they not, a clock stepped back gives no rates (elapsed 0), never
+// negative ones.
 func reportEvent(node string, cfg Config, prev, cur *Report, split splitRates) ReportEvent {
 	var elapsed time.Duration
 	if !prev.Time.IsZero() {
-		elapsed = cur.Time.Sub(prev.Time)
+		elapsed = max(cur.Time.Sub(prev.Time), 0)
 	}
 	ps, cs := &prev.Stats, &cur.Stats
 	pps := func(curN, prevN uint64) uint64 { return perSecond(0, delta(curN, prevN), elapsed).packets }

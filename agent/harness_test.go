@@ -31,6 +31,7 @@ import (
 	"github.com/lanmonitor/lanmonitor/internal/frames"
 	"github.com/lanmonitor/lanmonitor/internal/lab"
 	"github.com/lanmonitor/lanmonitor/internal/privileged"
+	"github.com/lanmonitor/lanmonitor/internal/testenv"
 )
 
 // The lab LAN of the agent tests: a "node" namespace whose lan0 the agent
@@ -266,9 +267,31 @@ func (l *lan) startNoWait(t *testing.T, bin, file string, extra ...string) *agen
 		args = append(args, "--listen", "127.0.0.1:0")
 	}
 	args = append(args, extra...)
-	p := &agentProc{t: t, cmd: exec.Command(bin, args...), logs: &syncBuffer{}, exited: make(chan struct{})}
+	return runAgent(t, exec.Command(bin, args...))
+}
+
+// apiServer starts a real kube-apiserver and etcd for the test.
+func apiServer(t *testing.T) *testenv.Env {
+	t.Helper()
+	env, err := testenv.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { env.Stop() })
+	return env
+}
+
+// runAgent starts cmd (an agent command line) with its output captured,
+// killed with the test process (Pdeathsig), and stopped at the end of the
+// test: SIGTERM, then SIGKILL after 10 s; its log is printed if the test
+// failed.
+func runAgent(t *testing.T, cmd *exec.Cmd) *agentProc {
+	t.Helper()
+	p := &agentProc{t: t, cmd: cmd, logs: &syncBuffer{}, exited: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if p.cmd.SysProcAttr == nil {
+		p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	}
 	if err := lab.Start(p.cmd); err != nil {
 		t.Fatal(err)
 	}
@@ -286,7 +309,7 @@ func (l *lan) startNoWait(t *testing.T, bin, file string, extra ...string) *agen
 			}
 		}
 		if t.Failed() {
-			t.Logf("agent log:\n%s", p.logs)
+			t.Logf("agent log (pid %d):\n%s", p.cmd.Process.Pid, p.logs)
 		}
 	})
 	return p

@@ -23,6 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
+	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -92,20 +93,33 @@ func RunKubernetes(ctx context.Context, o KubernetesOptions) error {
 	if err := v1alpha1.AddToScheme(scheme); err != nil {
 		return err
 	}
-	c, err := cache.New(o.RESTConfig, cache.Options{
-		Scheme: scheme,
-		ByObject: map[client.Object]cache.ByObject{
-			&v1alpha1.LanMonitorNode{}: {Field: fields.OneTermEqualSelector("metadata.name", o.NodeName)},
-		},
-	})
-	if err != nil {
-		return fmt.Errorf("cache: %w", err)
+	// cache.New asks the API server for its resources. An agent started
+	// during an API server outage waits for it rather than exit: nothing is
+	// attached, replaced or unpinned before the first sync, so the pinned
+	// datapath goes on enforcing what it did.
+	var c cache.Cache
+	for backoff := 500 * time.Millisecond; ; backoff = min(2*backoff, retryEvery) {
+		c, err = cache.New(o.RESTConfig, cache.Options{
+			Scheme: scheme,
+			ByObject: map[client.Object]cache.ByObject{
+				&v1alpha1.LanMonitorNode{}: {Field: fields.OneTermEqualSelector("metadata.name", o.NodeName)},
+			},
+		})
+		if err == nil {
+			break
+		}
+		o.Manager.Logger.Warn("API server not reachable yet; the pinned datapath keeps enforcing until the first sync", "error", err, "retryIn", backoff)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("cache: %w", err)
+		case <-time.After(backoff):
+		}
 	}
 	cl, err := client.New(o.RESTConfig, client.Options{Scheme: scheme})
 	if err != nil {
 		return fmt.Errorf("client: %w", err)
 	}
-	a := &nodeAgent{o: o, log: o.Manager.Logger.With("node", o.NodeName), cache: c, client: cl,
+	a := &nodeAgent{o: o, log: o.Manager.Logger.With("node", o.NodeName), cache: c, client: cl, clock: clock.RealClock{},
 		managers: map[string]*Manager{}, failures: map[string]string{}, wake: make(chan struct{}, 1)}
 	for _, obj := range []client.Object{&v1alpha1.LanMonitorNode{}, &v1alpha1.IPBlock{}} {
 		inf, err := c.GetInformer(ctx, obj)
@@ -142,9 +156,11 @@ func RunKubernetes(ctx context.Context, o KubernetesOptions) error {
 type nodeAgent struct {
 	o      KubernetesOptions
 	log    *slog.Logger
-	cache  cache.Cache
+	cache  client.Reader // the cache of RunKubernetes
 	client client.Client
 	wake   chan struct{}
+	// clock is the wall clock expiresAt is compared with (see expiry.go).
+	clock clock.PassiveClock
 
 	mu       sync.Mutex
 	managers map[string]*Manager // by monitor
@@ -153,6 +169,7 @@ type nodeAgent struct {
 
 	appliedBlocks string                 // blockGenerations of the last sync
 	parsed        map[string]cachedBlock // by IPBlock name: the blocks of the last sync
+	lifted        liftedBlocks           // the IPBlocks seen expired: never enforced again
 
 	lastStatus *v1alpha1.LanMonitorNodeStatus
 	lastUID    types.UID
@@ -200,9 +217,10 @@ func (a *nodeAgent) ready() error {
 
 // maxIdle bounds the time between two syncs without any event: the
 // safety net for what no watch reports (a new default route moving the
-// monitored interface). Syncs of an unchanged configuration are cheap:
-// the blocks are cached by generation and Manager.Apply skips a
-// configuration already in force.
+// monitored interface), and the bound on how late a clock step or a
+// suspend, which no timer sees, can make an IPBlock's expiry. Syncs of an
+// unchanged configuration are cheap: the blocks are cached by generation
+// and Manager.Apply skips a configuration already in force.
 const maxIdle = time.Minute
 
 // run syncs on every event of the watched objects (poke) and otherwise
@@ -230,7 +248,7 @@ func (a *nodeAgent) run(ctx context.Context) error {
 // sync makes the managers match the LanMonitorNode and reports. It
 // returns how long the agent may sleep until something is due.
 func (a *nodeAgent) sync(ctx context.Context) (time.Duration, error) {
-	now := time.Now()
+	now := a.clock.Now()
 	var lmn v1alpha1.LanMonitorNode
 	err := a.cache.Get(ctx, client.ObjectKey{Name: a.o.NodeName}, &lmn)
 	if apierrors.IsNotFound(err) {
@@ -247,10 +265,7 @@ func (a *nodeAgent) sync(ctx context.Context) (time.Duration, error) {
 		a.appliedBlocks = gens
 		TuneMemoryLimit() // after a blocklist change: the heap's size changed
 	}
-	wait := maxIdle
-	if !expiry.IsZero() {
-		wait = min(wait, max(expiry.Sub(now), 0)+10*time.Millisecond)
-	}
+	wait := expiryWait(now, expiry)
 	a.mu.Lock()
 	if len(a.failures) > 0 {
 		wait = min(wait, max(time.Until(a.retryAt), 0)+10*time.Millisecond)
@@ -282,15 +297,20 @@ type cachedBlock struct {
 
 // blocks joins the LanMonitorNode's IPBlock references with the IPBlocks of
 // the cache: the controller gives the rule ID, the IPBlock its CIDRs and
-// generation. A block that is gone or expired at now is left out; expiry
-// is the earliest expiresAt still to come (zero: none). Blocks are parsed
-// once per generation and rule ID (a.parsed).
+// generation. A block that is gone or expired at now (wall clock), or was
+// seen expired before (a.lifted: a clock stepped back does not enforce it
+// again), is left out; expiry is the earliest expiresAt still to come
+// (zero: none). Blocks are parsed once per generation and rule ID
+// (a.parsed).
 func (a *nodeAgent) blocks(ctx context.Context, lmn *v1alpha1.LanMonitorNode, now time.Time) ([]Block, time.Time, error) {
 	var (
 		out    []Block
 		expiry time.Time
 	)
 	parsed := make(map[string]cachedBlock, len(lmn.Spec.IPBlocks))
+	if a.lifted == nil {
+		a.lifted = liftedBlocks{}
+	}
 	for _, ref := range lmn.Spec.IPBlocks {
 		// The cache's own object, not a copy (100,000 CIDRs would be
 		// copied on every sync): only read here.
@@ -302,7 +322,7 @@ func (a *nodeAgent) blocks(ctx context.Context, lmn *v1alpha1.LanMonitorNode, no
 			return nil, time.Time{}, err
 		}
 		if e := ipb.Spec.ExpiresAt; e != nil {
-			if !now.Before(e.Time) {
+			if a.lifted.expired(&ipb, now) {
 				continue
 			}
 			if expiry.IsZero() || e.Time.Before(expiry) {
@@ -322,6 +342,19 @@ func (a *nodeAgent) blocks(ctx context.Context, lmn *v1alpha1.LanMonitorNode, no
 		out = append(out, c.block)
 	}
 	a.parsed = parsed
+	// A lifted block the spec no longer names is remembered while the same
+	// object and generation exist (a controller whose clock stepped back
+	// may name it again), forgotten once it is deleted or changed.
+	for name, k := range a.lifted {
+		if slices.ContainsFunc(lmn.Spec.IPBlocks, func(r v1alpha1.NodeIPBlockRef) bool { return r.Name == name }) {
+			continue
+		}
+		var ipb v1alpha1.IPBlock
+		err := a.cache.Get(ctx, client.ObjectKey{Name: name}, &ipb, client.UnsafeDisableDeepCopy)
+		if apierrors.IsNotFound(err) || (err == nil && (ipb.UID != k.uid || ipb.Generation != k.generation)) {
+			delete(a.lifted, name)
+		}
+	}
 	return out, expiry, nil
 }
 

@@ -13,7 +13,6 @@ import (
 
 	"github.com/lanmonitor/lanmonitor/api/v1alpha1"
 	"github.com/lanmonitor/lanmonitor/internal/lab"
-	"github.com/lanmonitor/lanmonitor/internal/testenv"
 )
 
 // TestKubernetesMode runs the real agent in Kubernetes mode for a lab node
@@ -23,11 +22,7 @@ import (
 // releases it.
 func TestKubernetesMode(t *testing.T) {
 	l := newLAN(t, lanOptions{})
-	env, err := testenv.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { env.Stop() })
+	env := apiServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	c := env.Client
@@ -50,25 +45,8 @@ func TestKubernetesMode(t *testing.T) {
 
 	dir := t.TempDir()
 	bin := agentBinary(t, "dev")
-	p := &agentProc{t: t, logs: &syncBuffer{}, exited: make(chan struct{})}
-	p.cmd = exec.Command(bin, "kubernetes", "--node-name", "node-a", "--kubeconfig", env.WriteKubeconfig(t, dir),
-		"--netns", l.node.Path, "--pin-root", l.pinRoot, "--listen", "127.0.0.1:0", "--log-level", "debug")
-	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
-	if err := lab.Start(p.cmd); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.err = p.cmd.Wait(); close(p.exited) }()
-	t.Cleanup(func() {
-		select {
-		case <-p.exited:
-		default:
-			p.cmd.Process.Signal(syscall.SIGTERM)
-			<-p.exited
-		}
-		if t.Failed() {
-			t.Logf("agent log:\n%s", p.logs)
-		}
-	})
+	p := runAgent(t, exec.Command(bin, "kubernetes", "--node-name", "node-a", "--kubeconfig", env.WriteKubeconfig(t, dir),
+		"--netns", l.node.Path, "--pin-root", l.pinRoot, "--listen", "127.0.0.1:0", "--log-level", "debug"))
 
 	get := func() *v1alpha1.LanMonitorNode {
 		var got v1alpha1.LanMonitorNode

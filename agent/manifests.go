@@ -119,6 +119,14 @@ func LoadManifests(v *crdvalidate.Validator, files []string) (*Manifests, error)
 // standaloneRuleIDs). It also returns when the next IPBlock expires (zero if
 // none), so the caller can apply the config again then.
 func StandaloneConfig(iface string, mf *Manifests, now time.Time, maxRules uint32) (Config, time.Time, error) {
+	return standaloneConfig(iface, mf, now, maxRules, nil)
+}
+
+// standaloneConfig is StandaloneConfig that also leaves out the blocks seen
+// expired before (lifted, which it updates: a clock stepped back does not
+// enforce them again) and forgets the lifted blocks the manifests no longer
+// hold.
+func standaloneConfig(iface string, mf *Manifests, now time.Time, maxRules uint32, lifted liftedBlocks) (Config, time.Time, error) {
 	cfg := Config{Interface: iface, Promiscuous: true}
 	switch len(mf.Monitors) {
 	case 0:
@@ -138,10 +146,15 @@ func StandaloneConfig(iface string, mf *Manifests, now time.Time, maxRules uint3
 
 	var next time.Time
 	var live []v1alpha1.IPBlock
+	for name := range lifted {
+		if !slices.ContainsFunc(mf.Blocks, func(b v1alpha1.IPBlock) bool { return b.Name == name }) {
+			delete(lifted, name)
+		}
+	}
 	for _, b := range mf.Blocks {
 		if b.Spec.ExpiresAt != nil {
 			exp := b.Spec.ExpiresAt.Time
-			if !now.Before(exp) {
+			if lifted.expired(&b, now) {
 				continue
 			}
 			if next.IsZero() || exp.Before(next) {

@@ -102,6 +102,11 @@ func compareAddr(a, b bpf.Addr) int {
 // one, and their sums inside and outside the internal prefixes; it sorts
 // talkers by address. The first read only sets the baseline: counters
 // adopted from an earlier run carry no information about the current rate.
+// The elapsed time is monotonic when both reads' times carry the monotonic
+// clock (time.Now, a Ticker's ticks: what Manager passes); a time without
+// it (a fake clock, a time decoded from the API) that stepped back gives
+// no rates for that interval, never negative or huge ones, and the read is
+// the next baseline.
 func (r *rateTracker) update(now time.Time, talkers []bpf.Talker, stats bpf.Stats, internal []netip.Prefix) {
 	slices.SortFunc(talkers, func(a, b bpf.Talker) int { return compareAddr(a.Addr, b.Addr) })
 	elapsed := now.Sub(r.at)

@@ -45,7 +45,10 @@ const reloadDelay = 200 * time.Millisecond
 // local API until ctx is cancelled (SIGTERM), then detaches, unpins and
 // restores promiscuity (unless KeepOnExit). A changed file is reloaded; an invalid one is
 // reported (naming the file, object and field) and the previous
-// configuration stays in force. IPBlocks are lifted at their expiresAt.
+// configuration stays in force. IPBlocks are lifted at their expiresAt
+// (wall clock, looked at least once a minute, so a clock step or a suspend
+// delays it by a minute at most), and a block once lifted is not enforced
+// again if the clock steps back (see expiry.go).
 //
 // Errors before attaching (bad files, address in use, missing interface,
 // missing privileges, another XDP program on the interface) are returned
@@ -70,7 +73,8 @@ func RunStandalone(ctx context.Context, o StandaloneOptions) error {
 	if err != nil {
 		return err
 	}
-	cfg, nextExpiry, err := loadStandalone(v, o, time.Now())
+	lifted := liftedBlocks{}
+	cfg, nextExpiry, err := loadStandalone(v, o, time.Now(), lifted)
 	if err != nil {
 		return err
 	}
@@ -107,7 +111,7 @@ func RunStandalone(ctx context.Context, o StandaloneOptions) error {
 	log.Info("standalone agent running", "interface", o.Interface, "listen", lns[0].Addr().String(), "scheme", srv.scheme(),
 		"files", o.Files, "blocks", len(cfg.Blocks))
 
-	expiry := timerAt(nextExpiry)
+	expiry := expiryTimer(time.Now(), nextExpiry)
 	var debounce <-chan time.Time
 	for {
 		select {
@@ -132,28 +136,34 @@ func RunStandalone(ctx context.Context, o StandaloneOptions) error {
 		case err := <-watcher.Errors:
 			log.Error("watch manifest files", "error", err)
 		case <-debounce:
-			nextExpiry = reload(v, o, m, log, nextExpiry)
-			expiry = timerAt(nextExpiry)
+			nextExpiry = reload(v, o, m, log, nextExpiry, lifted)
+			expiry = expiryTimer(time.Now(), nextExpiry)
 		case <-expiry:
-			nextExpiry = reload(v, o, m, log, nextExpiry)
-			expiry = timerAt(nextExpiry)
+			if now := time.Now(); now.Before(nextExpiry) {
+				// A capped wake-up, or the clock stepped back: not due yet.
+				expiry = expiryTimer(now, nextExpiry)
+			} else {
+				nextExpiry = reload(v, o, m, log, nextExpiry, lifted)
+				expiry = expiryTimer(time.Now(), nextExpiry)
+			}
 		}
 	}
 }
 
-// loadStandalone reads the files into a Config.
-func loadStandalone(v *crdvalidate.Validator, o StandaloneOptions, now time.Time) (Config, time.Time, error) {
+// loadStandalone reads the files into a Config, leaving out the blocks
+// expired at now or lifted before.
+func loadStandalone(v *crdvalidate.Validator, o StandaloneOptions, now time.Time, lifted liftedBlocks) (Config, time.Time, error) {
 	mf, err := LoadManifests(v, o.Files)
 	if err != nil {
 		return Config{}, time.Time{}, err
 	}
-	return StandaloneConfig(o.Interface, mf, now, o.Manager.MaxRules)
+	return standaloneConfig(o.Interface, mf, now, o.Manager.MaxRules, lifted)
 }
 
 // reload applies the files again; on any error the running configuration
 // stays and the error is logged. It returns the next expiry to wait for.
-func reload(v *crdvalidate.Validator, o StandaloneOptions, m *Manager, log *slog.Logger, prevExpiry time.Time) time.Time {
-	cfg, next, err := loadStandalone(v, o, time.Now())
+func reload(v *crdvalidate.Validator, o StandaloneOptions, m *Manager, log *slog.Logger, prevExpiry time.Time, lifted liftedBlocks) time.Time {
+	cfg, next, err := loadStandalone(v, o, time.Now(), lifted)
 	if err == nil {
 		err = m.Apply(cfg)
 	}
@@ -203,10 +213,16 @@ func watched(files []string, name string) bool {
 	return false
 }
 
-// timerAt fires at t, or never when t is zero.
-func timerAt(t time.Time) <-chan time.Time {
-	if t.IsZero() {
+// expiryTimer fires when the next expiry (wall clock) may have come: at
+// most maxIdle after now, since a timer sees no clock step or suspend
+// (expiryWait); never when next is zero. A next that has passed already is
+// left from a reload that failed: it is tried again after retryEvery.
+func expiryTimer(now, next time.Time) <-chan time.Time {
+	switch {
+	case next.IsZero():
 		return nil
+	case !now.Before(next):
+		return time.After(retryEvery)
 	}
-	return time.After(time.Until(t))
+	return time.After(expiryWait(now, next))
 }

@@ -38,6 +38,7 @@ type IPBlockReconciler struct {
 	client.Client
 	ids     *ruleIDs
 	limiter *writeLimiter
+	expiry  *expiry
 }
 
 // +kubebuilder:rbac:groups=lanmonitor.io,resources=ipblocks,verbs=get;list;watch
@@ -50,12 +51,14 @@ type IPBlockReconciler struct {
 // once when the rule ID, observedGeneration or a condition changed,
 // otherwise (counters, node counts, messages) at most once per report
 // interval (the shortest of the monitors on the block's nodes). It runs again
-// exactly at spec.expiresAt.
+// exactly at spec.expiresAt, or at most maxExpiryWait later (expiresAt is
+// compared with the wall clock then, which a timer does not follow).
 func (r *IPBlockReconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
 	var b lanmonitorv1alpha1.IPBlock
 	if err := r.Get(ctx, req.NamespacedName, &b); apierrors.IsNotFound(err) {
 		r.ids.forget(req.Name)
 		r.limiter.forget(req.Name)
+		r.expiry.forget(req.Name)
 		return reconcile.Result{}, nil
 	} else if err != nil {
 		return reconcile.Result{}, err
@@ -79,12 +82,14 @@ func (r *IPBlockReconciler) Reconcile(ctx context.Context, req reconcile.Request
 	if err != nil {
 		return reconcile.Result{}, err
 	}
-	now := time.Now()
-	status, interval := blockStatus(&b, id, nodes.Items, lmns.Items, endpoints, now)
+	now := time.Now()      // monotonic: the write limiter's
+	wall := r.expiry.now() // what expiresAt is compared with
+	isExpired := r.expiry.expired(&b, wall)
+	status, interval := blockStatus(&b, id, nodes.Items, lmns.Items, endpoints, isExpired)
 
 	var result reconcile.Result
-	if b.Spec.ExpiresAt != nil && !expired(&b, now) {
-		result.RequeueAfter = b.Spec.ExpiresAt.Sub(now)
+	if !isExpired {
+		result.RequeueAfter = expiryRequeue(&b, wall)
 	}
 	if id == 0 && (result.RequeueAfter == 0 || result.RequeueAfter > exhaustedRetry) {
 		// No event announces that an ID became safe to reuse (that is a
@@ -117,8 +122,9 @@ func (r *IPBlockReconciler) Reconcile(ctx context.Context, req reconcile.Request
 	return result, nil
 }
 
-// blockStatus computes b's status, given its rule ID (0: none available),
-// and the interval at which its rollup may be written.
+// blockStatus computes b's status, given its rule ID (0: none available)
+// and whether it has expired, and the interval at which its rollup may be
+// written.
 //
 // The nodes a block applies to are the nodes with a LanMonitorNode that runs
 // at least one monitor and whose labels match spec.nodeSelector. A node
@@ -127,13 +133,12 @@ func (r *IPBlockReconciler) Reconcile(ctx context.Context, req reconcile.Request
 // Counters sum the reports that carry the current rule ID; once the block
 // expired they keep the largest sums seen, as the nodes drop their reports.
 func blockStatus(b *lanmonitorv1alpha1.IPBlock, id int32, nodes []corev1.Node, lmns []lanmonitorv1alpha1.LanMonitorNode,
-	apiEndpoints []string, now time.Time) (lanmonitorv1alpha1.IPBlockStatus, time.Duration) {
+	apiEndpoints []string, isExpired bool) (lanmonitorv1alpha1.IPBlockStatus, time.Duration) {
 	st := lanmonitorv1alpha1.IPBlockStatus{
 		ObservedGeneration: b.Generation,
 		RuleID:             id,
 		Conditions:         slices.Clone(b.Status.Conditions),
 	}
-	isExpired := expired(b, now)
 	sel, selErr := selector(b.Spec.NodeSelector)
 	byName := make(map[string]*corev1.Node, len(nodes))
 	for i := range nodes {
@@ -299,6 +304,9 @@ func isExpiredCondition(b *lanmonitorv1alpha1.IPBlock) bool {
 func (r *IPBlockReconciler) SetupWithManager(mgr ctrl.Manager, workers int) error {
 	r.ids = newRuleIDs()
 	r.limiter = newWriteLimiter()
+	if r.expiry == nil {
+		r.expiry = newExpiry(nil)
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("ipblock").
 		For(&lanmonitorv1alpha1.IPBlock{}).

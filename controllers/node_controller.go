@@ -36,6 +36,7 @@ import (
 // The request key is the node name.
 type NodeReconciler struct {
 	client.Client
+	expiry *expiry
 }
 
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
@@ -46,7 +47,7 @@ type NodeReconciler struct {
 
 // Reconcile computes the node's LanMonitorNode and writes it when it differs.
 func (r *NodeReconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
-	now := time.Now()
+	now := r.expiry.now() // the wall clock expiresAt is compared with
 	var current lanmonitorv1alpha1.LanMonitorNode
 	exists := true
 	if err := r.Get(ctx, req.NamespacedName, &current); apierrors.IsNotFound(err) {
@@ -78,7 +79,7 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, req reconcile.Request) (
 	if err != nil {
 		return reconcile.Result{}, err
 	}
-	spec := nodeSpec(plan, &node, blocks.Items, endpoints, now)
+	spec := nodeSpec(plan, &node, blocks.Items, endpoints, func(b *lanmonitorv1alpha1.IPBlock) bool { return r.expiry.expired(b, now) })
 	owners := ownerRefs(plan.selected)
 	result := reconcile.Result{RequeueAfter: nextExpiry(spec, blocks.Items, now)}
 
@@ -119,8 +120,9 @@ func (r *NodeReconciler) deleteIfExists(ctx context.Context, lmn *lanmonitorv1al
 
 // nodeSpec is the desired spec of a node's LanMonitorNode: one interface per
 // winning monitor (sorted by monitor name) and the IPBlocks that apply
-// (sorted by rule ID).
-func nodeSpec(plan nodePlan, node *corev1.Node, blocks []lanmonitorv1alpha1.IPBlock, apiEndpoints []string, now time.Time) lanmonitorv1alpha1.LanMonitorNodeSpec {
+// (sorted by rule ID): not those isExpired says have expired.
+func nodeSpec(plan nodePlan, node *corev1.Node, blocks []lanmonitorv1alpha1.IPBlock, apiEndpoints []string,
+	isExpired func(*lanmonitorv1alpha1.IPBlock) bool) lanmonitorv1alpha1.LanMonitorNodeSpec {
 	var spec lanmonitorv1alpha1.LanMonitorNodeSpec
 	for _, m := range plan.winners {
 		spec.Interfaces = append(spec.Interfaces, interfaceSpec(m, apiEndpoints))
@@ -131,7 +133,7 @@ func nodeSpec(plan nodePlan, node *corev1.Node, blocks []lanmonitorv1alpha1.IPBl
 	var applicable []*lanmonitorv1alpha1.IPBlock
 	for i := range blocks {
 		b := &blocks[i]
-		if b.DeletionTimestamp != nil || b.Status.RuleID <= 0 || expired(b, now) {
+		if b.DeletionTimestamp != nil || b.Status.RuleID <= 0 || isExpired(b) {
 			continue
 		}
 		sel, err := selector(b.Spec.NodeSelector)
@@ -220,7 +222,9 @@ func ourOwners(refs []metav1.OwnerReference) []metav1.OwnerReference {
 }
 
 // nextExpiry is how long until the first IPBlock in spec expires, 0 if none
-// will: the reconcile then runs again exactly at expiresAt and lifts it.
+// will: the reconcile then runs again exactly at expiresAt and lifts it. It
+// is at most maxExpiryWait, so that a clock step or a suspend, which the
+// requeue's timer does not see, delays lifting by that much at most.
 func nextExpiry(spec lanmonitorv1alpha1.LanMonitorNodeSpec, blocks []lanmonitorv1alpha1.IPBlock, now time.Time) time.Duration {
 	var next time.Duration
 	for i := range blocks {
@@ -228,7 +232,7 @@ func nextExpiry(spec lanmonitorv1alpha1.LanMonitorNodeSpec, blocks []lanmonitorv
 		if b.Spec.ExpiresAt == nil || !slices.ContainsFunc(spec.IPBlocks, func(r lanmonitorv1alpha1.NodeIPBlockRef) bool { return r.Name == b.Name }) {
 			continue
 		}
-		if d := b.Spec.ExpiresAt.Sub(now); d > 0 && (next == 0 || d < next) {
+		if d := expiryRequeue(b, now); d > 0 && (next == 0 || d < next) {
 			next = d
 		}
 	}
@@ -237,6 +241,9 @@ func nextExpiry(spec lanmonitorv1alpha1.LanMonitorNodeSpec, blocks []lanmonitorv
 
 // SetupWithManager registers the reconciler with workers reconciles in parallel.
 func (r *NodeReconciler) SetupWithManager(mgr ctrl.Manager, workers int) error {
+	if r.expiry == nil {
+		r.expiry = newExpiry(nil)
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("lanmonitornode").
 		For(&corev1.Node{}, builder.WithPredicates(labelsChanged())).

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
@@ -95,9 +96,19 @@ func (p nodePlan) isWinner(monitor string) bool {
 	return slices.ContainsFunc(p.winners, func(m *lanmonitorv1alpha1.LanMonitor) bool { return m.Name == monitor })
 }
 
-// expired reports whether b's expiresAt has passed at now.
+// expired reports whether b's expiresAt has passed at now (wall clock), or
+// b's status already says Expired for its current generation: a lifted
+// block is not enforced again when the clock steps back (a new generation,
+// such as a later expiresAt, is decided afresh).
 func expired(b *lanmonitorv1alpha1.IPBlock, now time.Time) bool {
-	return b.Spec.ExpiresAt != nil && !now.Before(b.Spec.ExpiresAt.Time)
+	if b.Spec.ExpiresAt == nil {
+		return false
+	}
+	if !now.Before(b.Spec.ExpiresAt.Time) {
+		return true
+	}
+	c := meta.FindStatusCondition(b.Status.Conditions, lanmonitorv1alpha1.ConditionExpired)
+	return c != nil && c.Status == metav1.ConditionTrue && c.ObservedGeneration == b.Generation
 }
 
 // reportInterval is a monitor's spec.reportInterval, or its default.

@@ -18,6 +18,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -32,6 +33,9 @@ type Options struct {
 	// StatusWorkers is how many LanMonitor and how many IPBlock status
 	// reconciles run in parallel (default 2).
 	StatusWorkers int
+	// Clock is the wall clock IPBlock expiresAt is compared with (default
+	// the system's); tests step a fake one.
+	Clock clock.PassiveClock
 }
 
 // Setup registers the reconcilers with mgr, whose cache must be built with
@@ -43,10 +47,11 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	if opts.StatusWorkers <= 0 {
 		opts.StatusWorkers = 2
 	}
-	if err := (&NodeReconciler{Client: mgr.GetClient()}).SetupWithManager(mgr, opts.NodeWorkers); err != nil {
+	exp := newExpiry(opts.Clock) // shared: a block seen expired by either stays lifted for both
+	if err := (&NodeReconciler{Client: mgr.GetClient(), expiry: exp}).SetupWithManager(mgr, opts.NodeWorkers); err != nil {
 		return fmt.Errorf("set up LanMonitorNode controller: %w", err)
 	}
-	if err := (&IPBlockReconciler{Client: mgr.GetClient()}).SetupWithManager(mgr, opts.StatusWorkers); err != nil {
+	if err := (&IPBlockReconciler{Client: mgr.GetClient(), expiry: exp}).SetupWithManager(mgr, opts.StatusWorkers); err != nil {
 		return fmt.Errorf("set up IPBlock controller: %w", err)
 	}
 	if err := (&LanMonitorReconciler{Client: mgr.GetClient()}).SetupWithManager(mgr, opts.StatusWorkers); err != nil {

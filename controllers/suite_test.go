@@ -105,6 +105,12 @@ func controllerConfig() *rest.Config {
 // election when elect is set, and stops it when the test ends.
 func startController(t testing.TB, elect bool) *controller {
 	t.Helper()
+	return startControllerWith(t, elect, controllers.Options{})
+}
+
+// startControllerWith is startController with the controllers' options.
+func startControllerWith(t testing.TB, elect bool, opts controllers.Options) *controller {
+	t.Helper()
 	wc := &writeCounter{counts: map[string]int{}}
 	mgr, err := ctrl.NewManager(controllerConfig(), ctrl.Options{
 		Scheme:                        env.Scheme,
@@ -147,7 +153,7 @@ func startController(t testing.TB, elect bool) *controller {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := controllers.Setup(mgr, controllers.Options{}); err != nil {
+	if err := controllers.Setup(mgr, opts); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())

@@ -20,11 +20,9 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -778,7 +776,7 @@ func (d *Demo) StopAPIServer() error {
 		d.restartedAPI = nil
 		return err
 	}
-	pid, argv, err := apiServerProcess(d.Config.Host)
+	pid, argv, err := testenv.APIServerProcess(d.Config.Host)
 	if err != nil {
 		return err
 	}
@@ -819,38 +817,4 @@ func (d *Demo) StartAPIServer(ctx context.Context) error {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-}
-
-// apiServerProcess finds the kube-apiserver serving host (https://IP:PORT)
-// among the machine's processes and returns its PID and command line.
-func apiServerProcess(host string) (int, []string, error) {
-	u, err := url.Parse(host)
-	if err != nil {
-		return 0, nil, err
-	}
-	port := u.Port()
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return 0, nil, err
-	}
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		raw, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		argv := strings.Split(strings.TrimRight(string(raw), "\x00"), "\x00")
-		if filepath.Base(argv[0]) != "kube-apiserver" {
-			continue
-		}
-		for i, a := range argv {
-			if a == "--secure-port="+port || a == "--secure-port" && i+1 < len(argv) && argv[i+1] == port {
-				return pid, argv, nil
-			}
-		}
-	}
-	return 0, nil, fmt.Errorf("no kube-apiserver process serving %s", host)
 }

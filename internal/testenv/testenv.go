@@ -50,6 +50,10 @@ type Env struct {
 	Client client.WithWatch
 
 	env *envtest.Environment
+
+	apiArgv       []string      // kube-apiserver's command line (StopAPIServer)
+	restarted     *exec.Cmd     // the kube-apiserver of StartAPIServer
+	restartedDone chan struct{} // closed when restarted exits
 }
 
 // Scheme returns a new scheme with the built-in types and lanmonitor.io/v1alpha1.
@@ -94,6 +98,9 @@ func Start() (*Env, error) {
 
 // Stop stops the API server and etcd and removes their data.
 func (e *Env) Stop() error {
+	if e.restarted != nil {
+		e.stopRestarted()
+	}
 	if err := e.env.Stop(); err != nil {
 		return fmt.Errorf("stop kube-apiserver and etcd: %w", err)
 	}
