@@ -93,6 +93,20 @@ func RunKubernetes(ctx context.Context, o KubernetesOptions) error {
 	if err := v1alpha1.AddToScheme(scheme); err != nil {
 		return err
 	}
+	a := &nodeAgent{o: o, log: o.Manager.Logger.With("node", o.NodeName), clock: clock.RealClock{},
+		managers: map[string]*Manager{}, failures: map[string]string{}, wake: make(chan struct{}, 1)}
+	// Served from the start: /healthz answers while the agent waits for the
+	// API server (a liveness probe does not restart it), /readyz is 503
+	// until the first sync, the API lists no interface until then.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewCollector(a.list), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	srv, err := o.Serving.start(ctx, a.log, lns, NewHandler(a.list, reg, a.ready), guard, o.NodeName)
+	if err != nil {
+		return err
+	}
+	defer srv.shutdown()
+	a.log.Info("kubernetes agent running", "listen", lns[0].Addr().String(), "scheme", srv.scheme())
+
 	// cache.New asks the API server for its resources. An agent started
 	// during an API server outage waits for it rather than exit: nothing is
 	// attached, replaced or unpinned before the first sync, so the pinned
@@ -119,8 +133,7 @@ func RunKubernetes(ctx context.Context, o KubernetesOptions) error {
 	if err != nil {
 		return fmt.Errorf("client: %w", err)
 	}
-	a := &nodeAgent{o: o, log: o.Manager.Logger.With("node", o.NodeName), cache: c, client: cl, clock: clock.RealClock{},
-		managers: map[string]*Manager{}, failures: map[string]string{}, wake: make(chan struct{}, 1)}
+	a.cache, a.client = c, cl
 	for _, obj := range []client.Object{&v1alpha1.LanMonitorNode{}, &v1alpha1.IPBlock{}} {
 		inf, err := c.GetInformer(ctx, obj)
 		if err != nil {
@@ -138,18 +151,7 @@ func RunKubernetes(ctx context.Context, o KubernetesOptions) error {
 	if !c.WaitForCacheSync(ctx) {
 		return errors.New("cache did not sync with the API server")
 	}
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(NewCollector(a.list), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	srv, err := o.Serving.start(ctx, a.log, lns, NewHandler(a.list, reg, a.ready), guard, o.NodeName)
-	if err != nil {
-		return err
-	}
-	a.log.Info("kubernetes agent running", "listen", lns[0].Addr().String(), "scheme", srv.scheme())
-
-	err = a.run(ctx)
-	srv.shutdown()
-	return errors.Join(err, a.closeAll(o.CleanupOnExit))
+	return errors.Join(a.run(ctx), a.closeAll(o.CleanupOnExit))
 }
 
 // nodeAgent runs the managers of one node.
@@ -171,6 +173,7 @@ type nodeAgent struct {
 	parsed        map[string]cachedBlock // by IPBlock name: the blocks of the last sync
 	lifted        liftedBlocks           // the IPBlocks seen expired: never enforced again
 
+	synced     bool // the first sync is done (ready)
 	lastStatus *v1alpha1.LanMonitorNodeStatus
 	lastUID    types.UID
 	lastWrite  time.Time
@@ -204,6 +207,9 @@ func (a *nodeAgent) list() []*Manager {
 func (a *nodeAgent) ready() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if !a.synced {
+		return errors.New("waiting for the first sync with the API server")
+	}
 	for monitor, why := range a.failures {
 		return fmt.Errorf("monitor %s: %s", monitor, why)
 	}
@@ -267,6 +273,7 @@ func (a *nodeAgent) sync(ctx context.Context) (time.Duration, error) {
 	}
 	wait := expiryWait(now, expiry)
 	a.mu.Lock()
+	a.synced = true
 	if len(a.failures) > 0 {
 		wait = min(wait, max(time.Until(a.retryAt), 0)+10*time.Millisecond)
 	}

@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"context"
+	"net/http"
 	"os/exec"
 	"regexp"
 	"syscall"
@@ -138,6 +139,11 @@ func TestKubernetesRestartWhileAPIServerDown(t *testing.T) {
 		t.Fatalf("while the API server was down: attached %v, program %d; want the pinned program %d still attached", attached, p, prog)
 	}
 	onePinnedLink(t, l)
+	// It serves its probes meanwhile: alive (no liveness restart), not ready.
+	second.waitAPI(10 * time.Second)
+	if h, r := second.status("/healthz"), second.status("/readyz"); h != http.StatusOK || r != http.StatusServiceUnavailable {
+		t.Errorf("while the API server was down: /healthz %d, /readyz %d; want 200 and 503", h, r)
+	}
 	if nx, ny := tr.rx[X].N(), tr.rx[Y].N(); nx != 0 || ny != 0 {
 		t.Fatalf("while the API server was down, %d frames of X (block-a) and %d of Y (block-b, still pinned) reached the node; want 0", nx, ny)
 	}
