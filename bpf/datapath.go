@@ -72,10 +72,10 @@ func (c *Config) setDefaults() {
 }
 
 // filterWords is the number of 64-bit words of the Bloom filter: a power of
-// two holding filterBitsPerPrefix bits per prefix.
+// two holding filterBitsPerPrefix bits per prefix of both generations.
 func (c *Config) filterWords() uint32 {
 	words := uint32(1)
-	for uint64(words)*64 < uint64(c.MaxPrefixes)*filterBitsPerPrefix {
+	for uint64(words)*64 < 2*uint64(c.MaxPrefixes)*filterBitsPerPrefix {
 		words <<= 1
 	}
 	return words
@@ -460,7 +460,13 @@ func (d *Datapath) adopt() error {
 			return fmt.Errorf("create counters of rule %d: %w", id, err)
 		}
 	}
-	return d.commit(d.active())
+	if !maps.Equal(d.gens[0], d.gens[1]) {
+		// An earlier run died while writing the generation not in force.
+		cur := d.active()
+		return d.commit(cur, nil, nil)
+	}
+	d.gens[1-d.settings.Gen&1] = d.active()
+	return nil
 }
 
 // Program returns the XDP program, to attach it or to run it with

@@ -7,6 +7,7 @@ import (
 	"iter"
 	"maps"
 	"net/netip"
+	"reflect"
 	"slices"
 
 	"github.com/cilium/ebpf"
@@ -65,37 +66,35 @@ func (d *Datapath) Prefixes(t Table) []PrefixRule {
 // force is the old one, or the new one if the failure came after the
 // switch; the next sync completes it).
 func (d *Datapath) SyncTables(want map[Table]map[netip.Prefix]Rule) (written, deleted int, err error) {
-	repl := map[Table]map[lanmonitorLmRuleKey]Rule{}
+	size := 0
 	for t, prefixes := range want {
 		if t >= tableCount {
 			return 0, 0, fmt.Errorf("table %d does not exist", t)
 		}
-		m := make(map[lanmonitorLmRuleKey]Rule, len(prefixes))
-		for p, r := range prefixes {
-			if err := checkEntry(t, p, r); err != nil {
-				return 0, 0, err
-			}
-			m[ruleKeyFor(t, p)] = r
-		}
-		repl[t] = m
+		size += len(prefixes)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	cur := d.active()
-	desired := make(map[lanmonitorLmRuleKey]Rule, len(cur))
+	desired := make(map[lanmonitorLmRuleKey]Rule, size)
 	for k, r := range cur {
-		if _, replaced := repl[Table(k.Table)]; !replaced {
+		if _, replaced := want[Table(k.Table)]; !replaced {
 			desired[k] = r
 		}
 	}
-	for _, m := range repl {
-		maps.Copy(desired, m)
+	for t, prefixes := range want {
+		for p, r := range prefixes {
+			if err := checkEntry(t, p, r); err != nil {
+				return 0, 0, err
+			}
+			desired[ruleKeyFor(t, p)] = r
+		}
 	}
-	w, del := diffRules(cur, desired)
-	if err := d.commit(desired); err != nil {
+	put, del := diffRules(cur, desired)
+	if err := d.commit(desired, put, del); err != nil {
 		return 0, 0, err
 	}
-	return len(w), len(del), nil
+	return len(put), len(del), nil
 }
 
 // SyncPrefixes is SyncTables for one table.
@@ -113,11 +112,17 @@ func (d *Datapath) AddPrefixes(t Table, add []PrefixRule) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	desired := maps.Clone(d.active())
+	cur := d.active()
+	desired := maps.Clone(cur)
+	put := map[lanmonitorLmRuleKey]Rule{}
 	for _, pr := range add {
-		desired[ruleKeyFor(t, pr.Prefix)] = pr.Rule
+		k := ruleKeyFor(t, pr.Prefix)
+		desired[k] = pr.Rule
+		if old, ok := cur[k]; !ok || old != pr.Rule {
+			put[k] = pr.Rule
+		}
 	}
-	return d.commit(desired)
+	return d.commit(desired, put, nil)
 }
 
 // DeletePrefixes removes prefixes from table t; absent ones are ignored.
@@ -130,11 +135,17 @@ func (d *Datapath) DeletePrefixes(t Table, del []netip.Prefix) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	desired := maps.Clone(d.active())
+	cur := d.active()
+	desired := maps.Clone(cur)
+	var gone []lanmonitorLmRuleKey
 	for _, p := range del {
-		delete(desired, ruleKeyFor(t, p))
+		k := ruleKeyFor(t, p)
+		if _, ok := desired[k]; ok {
+			delete(desired, k)
+			gone = append(gone, k)
+		}
 	}
-	return d.commit(desired)
+	return d.commit(desired, nil, gone)
 }
 
 func checkEntry(t Table, p netip.Prefix, r Rule) error {
@@ -180,26 +191,30 @@ func ruleIDs(rules map[lanmonitorLmRuleKey]Rule) map[uint32]bool {
 }
 
 // commit makes desired (every table, keys of generation 0) the
-// configuration in force. The rule tables are double-buffered (types.h:
-// struct lm_config): desired is written into the generation not in force,
-// the program is switched to it by one write of lm_settings.gen, and after
-// an RCU grace period, when no run of the program can still be reading the
-// old generation, the old one is brought up to date for the next change.
+// configuration in force; put and del are what it changes from the one in
+// force. The rule tables are double-buffered (types.h: struct lm_config):
+// desired is written into the generation not in force, the program is
+// switched to it by one write of lm_settings.gen, and after an RCU grace
+// period, when no run of the program can still be reading the old
+// generation, the old one is brought up to date for the next change.
 // Counters of new rule IDs exist before the switch; those of rules gone are
 // deleted last, so an ID given to a new rule later starts from zero.
 // Called with d.mu held; desired is not modified afterwards.
-func (d *Datapath) commit(desired map[lanmonitorLmRuleKey]Rule) error {
+func (d *Datapath) commit(desired, put map[lanmonitorLmRuleKey]Rule, del []lanmonitorLmRuleKey) error {
 	if len(desired) > int(d.cfg.MaxPrefixes) {
 		return fmt.Errorf("%d prefixes in all tables exceed the capacity of %d", len(desired), d.cfg.MaxPrefixes)
+	}
+	cur := d.settings.Gen & 1
+	next := 1 - cur
+	// The generations hold the same configuration (the same map) unless a
+	// write failed part way.
+	same := d.gens[next] != nil && (len(d.gens[next]) == 0 && len(d.gens[cur]) == 0 || sameMap(d.gens[next], d.gens[cur]))
+	if len(put)+len(del) == 0 && same {
+		return nil
 	}
 	ids := ruleIDs(desired)
 	if len(ids) > int(d.cfg.MaxRules) {
 		return fmt.Errorf("%d distinct rules in all tables exceed the capacity of %d", len(ids), d.cfg.MaxRules)
-	}
-	cur := d.settings.Gen & 1
-	next := 1 - cur
-	if maps.Equal(d.gens[cur], desired) && maps.Equal(d.gens[next], desired) {
-		return nil
 	}
 	old := ruleIDs(d.gens[cur])
 	zero := make([]lanmonitorLmRuleCounters, d.cpus)
@@ -211,8 +226,12 @@ func (d *Datapath) commit(desired map[lanmonitorLmRuleKey]Rule) error {
 			return fmt.Errorf("create counters of rule %d: %w", id, err)
 		}
 	}
-	if !maps.Equal(d.gens[cur], desired) {
-		if err := d.writeGen(next, desired); err != nil {
+	if len(put)+len(del) > 0 {
+		change := &ruleChange{put, del}
+		if !same {
+			change = nil // the generation is diffed on its own
+		}
+		if err := d.writeGen(next, desired, change); err != nil {
 			return err
 		}
 		d.settings.Gen = next
@@ -223,9 +242,12 @@ func (d *Datapath) commit(desired map[lanmonitorLmRuleKey]Rule) error {
 		if err := d.waitGrace(); err != nil {
 			return err
 		}
-		cur, next = next, cur
-	}
-	if err := d.writeGen(next, desired); err != nil {
+		// The generation in force until now held the old configuration.
+		if err := d.writeGen(cur, desired, &ruleChange{put, del}); err != nil {
+			return err
+		}
+	} else if err := d.writeGen(next, desired, nil); err != nil {
+		// Only the generation not in force was out of date.
 		return err
 	}
 	if err := d.writeSettings(); err != nil {
@@ -239,6 +261,18 @@ func (d *Datapath) commit(desired map[lanmonitorLmRuleKey]Rule) error {
 	return nil
 }
 
+// ruleChange is what a commit writes into a generation that held the
+// configuration in force before it.
+type ruleChange struct {
+	put map[lanmonitorLmRuleKey]Rule
+	del []lanmonitorLmRuleKey
+}
+
+// sameMap reports whether a and b are the same map (not equal contents).
+func sameMap(a, b map[lanmonitorLmRuleKey]Rule) bool {
+	return reflect.ValueOf(a).UnsafePointer() == reflect.ValueOf(b).UnsafePointer()
+}
+
 // inGen is the key of k (a generation-0 key) in generation g.
 func (k lanmonitorLmRuleKey) inGen(g uint32) lanmonitorLmRuleKey {
 	k.Table += uint8(g * tableCount)
@@ -248,19 +282,29 @@ func (k lanmonitorLmRuleKey) inGen(g uint32) lanmonitorLmRuleKey {
 // writeGen makes generation g of lm_rules hold desired, which must not be
 // in force: new and changed entries are written, then their filter bits;
 // stale entries lose their filter bits, then are deleted; then the length
-// bits of g are recomputed in d.settings (written by the caller). On error
-// the generation's mirror is dropped, and the next commit reads it back
-// from the map. Called with d.mu held.
-func (d *Datapath) writeGen(g uint32, desired map[lanmonitorLmRuleKey]Rule) (err error) {
+// bits of g are recomputed in d.settings (written by the caller). change is
+// what differs when g held the configuration in force before; nil: g is
+// diffed against desired. On error the generation's mirror is dropped, and
+// the next commit reads it back from the map. Called with d.mu held.
+func (d *Datapath) writeGen(g uint32, desired map[lanmonitorLmRuleKey]Rule, change *ruleChange) (err error) {
 	from := d.gens[g]
 	recovered := from == nil
 	if recovered {
 		if from, err = d.readGen(g); err != nil {
 			return err
 		}
+		change = nil
 	}
 	d.gens[g] = nil
-	put, del := diffRules(from, desired)
+	var (
+		put map[lanmonitorLmRuleKey]Rule
+		del []lanmonitorLmRuleKey
+	)
+	if change != nil {
+		put, del = change.put, change.del
+	} else {
+		put, del = diffRules(from, desired)
+	}
 	if recovered {
 		// An earlier write failed part way, maybe after clearing filter
 		// bits of keys that stayed: set every wanted key's bits again.
