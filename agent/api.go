@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"reflect"
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -40,7 +41,8 @@ type TalkerJSON struct {
 }
 
 // StatsResponse is GET /api/v1/stats: cumulative counters of every frame the
-// XDP hook saw (bytes are frame lengths, data_end - data).
+// XDP hook saw (bytes are frame lengths, data_end - data; the rest in
+// packets), one field per entry of counters (see bpf.Stats for each).
 type StatsResponse struct {
 	Packets                uint64 `json:"packets"`
 	Bytes                  uint64 `json:"bytes"`
@@ -54,18 +56,24 @@ type StatsResponse struct {
 	VLANTagged             uint64 `json:"vlanTagged"`
 	Local                  uint64 `json:"local"`
 	Snooped                uint64 `json:"snooped"`
-	V4Mapped               uint64 `json:"v4Mapped"` // IPv6 packets with an IPv4-mapped address (matched as IPv4, no talker)
+	Exempted               uint64 `json:"exempted"`
+	TalkerInserts          uint64 `json:"talkerInserts"`
+	TalkerInsertErrors     uint64 `json:"talkerInsertErrors"`
+	SamplesLost            uint64 `json:"samplesLost"`
+	FilteredSnooped        uint64 `json:"filteredSnooped"`
+	V4Mapped               uint64 `json:"v4Mapped"`
 	TrackedSources         int    `json:"trackedSources"`
 	TrackedSourcesCapacity int    `json:"trackedSourcesCapacity"`
 }
 
 // statsResponse is the API's form of the global counters.
 func statsResponse(s bpf.Stats, tracked, capacity int) StatsResponse {
-	return StatsResponse{
-		Packets: s.Packets, Bytes: s.Bytes, Passed: s.Passed, Dropped: s.Dropped, Malformed: s.Malformed, NonIP: s.NonIP,
-		IPv4: s.IPv4, IPv6: s.IPv6, Fragments: s.Fragments, VLANTagged: s.VLANTagged, Local: s.Local, Snooped: s.Snooped,
-		V4Mapped: s.V4Mapped, TrackedSources: tracked, TrackedSourcesCapacity: capacity,
+	out := StatsResponse{TrackedSources: tracked, TrackedSourcesCapacity: capacity}
+	v := reflect.ValueOf(&out).Elem()
+	for i := range counters {
+		v.Field(counterIndex[i].response).SetUint(counterValue(&s, i))
 	}
+	return out
 }
 
 // InterfacesResponse is GET /api/v1/interfaces.

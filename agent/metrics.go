@@ -18,27 +18,8 @@ type Collector struct {
 func NewCollector(managers Managers) *Collector { return &Collector{managers: managers} }
 
 var (
-	labelsIf   = []string{"interface"}
-	descFrames = map[string]*prometheus.Desc{}
-	frameHelp  = []struct{ name, help string }{
-		{"packets_total", "Frames seen by the XDP hook."},
-		{"bytes_total", "Bytes seen by the XDP hook (frame lengths, data_end - data)."},
-		{"passed_packets_total", "Frames passed (XDP_PASS)."},
-		{"dropped_packets_total", "Frames dropped by IPBlocks in Enforce mode (XDP_DROP)."},
-		{"malformed_packets_total", "Frames claiming IPv4/IPv6 that did not parse (passed)."},
-		{"non_ip_packets_total", "Frames that are neither IPv4 nor IPv6 (passed)."},
-		{"ipv4_packets_total", "Well-formed IPv4 packets."},
-		{"ipv6_packets_total", "Well-formed IPv6 packets."},
-		{"fragment_packets_total", "IP fragments."},
-		{"vlan_tagged_packets_total", "Frames with at least one VLAN tag."},
-		{"local_packets_total", "Frames addressed to this interface (own MAC, broadcast, multicast)."},
-		{"snooped_packets_total", "Frames addressed to other hosts, seen in promiscuous mode."},
-		{"exempted_packets_total", "Blocklist matches passed because the address is protected."},
-		{"talker_evictions_total", "Sources evicted from the full talker map (least recently seen first)."},
-		{"talker_insert_errors_total", "Sources that could not be inserted into the talker map."},
-		{"flow_samples_lost_total", "Flow samples lost to a full ring buffer."},
-		{"v4_mapped_packets_total", "IPv6 packets with an IPv4-mapped source or destination (matched as IPv4; the source is not a talker)."},
-	}
+	labelsIf     = []string{"interface"}
+	descFrames   = map[string]*prometheus.Desc{}
 	descAttached = prometheus.NewDesc("lanmonitor_xdp_attached", "1 when the XDP program is attached, with the attach mode in use.", []string{"interface", "mode"}, nil)
 	descPromisc  = prometheus.NewDesc("lanmonitor_promiscuous", "1 when the interface's IFF_PROMISC flag is set.", labelsIf, nil)
 	descTracked  = prometheus.NewDesc("lanmonitor_tracked_sources", "Source addresses in the talker map.", labelsIf, nil)
@@ -58,9 +39,11 @@ var (
 )
 
 func init() {
-	for _, f := range frameHelp {
-		descFrames[f.name] = prometheus.NewDesc("lanmonitor_"+f.name, f.help, labelsIf, nil)
+	for _, c := range counters {
+		descFrames[c.metric] = prometheus.NewDesc("lanmonitor_"+c.metric, c.help, labelsIf, nil)
 	}
+	descFrames["talker_evictions_total"] = prometheus.NewDesc("lanmonitor_talker_evictions_total",
+		"Sources evicted from the full talker map (least recently seen first).", labelsIf, nil)
 }
 
 // Describe sends every metric description.
@@ -79,16 +62,10 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		r := m.Report()
 		ifn := m.Config().Interface
 		s := r.Stats
-		for name, v := range map[string]uint64{
-			"packets_total": s.Packets, "bytes_total": s.Bytes, "passed_packets_total": s.Passed, "dropped_packets_total": s.Dropped,
-			"malformed_packets_total": s.Malformed, "non_ip_packets_total": s.NonIP, "ipv4_packets_total": s.IPv4, "ipv6_packets_total": s.IPv6,
-			"fragment_packets_total": s.Fragments, "vlan_tagged_packets_total": s.VLANTagged, "local_packets_total": s.Local,
-			"snooped_packets_total": s.Snooped, "exempted_packets_total": s.Exempted, "talker_evictions_total": r.Evictions,
-			"talker_insert_errors_total": s.TalkerInsertErrors, "flow_samples_lost_total": s.SamplesLost,
-			"v4_mapped_packets_total": s.V4Mapped,
-		} {
-			ch <- prometheus.MustNewConstMetric(descFrames[name], prometheus.CounterValue, float64(v), ifn)
+		for i, c := range counters {
+			ch <- prometheus.MustNewConstMetric(descFrames[c.metric], prometheus.CounterValue, float64(counterValue(&s, i)), ifn)
 		}
+		ch <- prometheus.MustNewConstMetric(descFrames["talker_evictions_total"], prometheus.CounterValue, float64(r.Evictions), ifn)
 		if r.State == StateAttached {
 			ch <- prometheus.MustNewConstMetric(descAttached, prometheus.GaugeValue, 1, ifn, string(r.XDPMode))
 		} else {
