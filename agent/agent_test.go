@@ -108,7 +108,7 @@ func TestExactCounts(t *testing.T) {
 	wantStats := agent.StatsResponse{
 		Packets: total.packets, Bytes: total.bytes, Passed: total.packets, IPv4: ipv4, IPv6: ipv6,
 		Fragments: frags, VLANTagged: tagged, Local: total.packets - snooped, Snooped: snooped,
-		TrackedSources: len(talkers), TrackedSourcesCapacity: 65536,
+		TalkerInserts: uint64(len(talkers)), TrackedSources: len(talkers), TrackedSourcesCapacity: 65536,
 	}
 	if s := a.stats(); s != wantStats {
 		t.Errorf("stats\n got %+v\nwant %+v", s, wantStats)
