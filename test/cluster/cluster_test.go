@@ -811,7 +811,8 @@ func (s *suite) agentTalkers() map[string]agentTalker {
 // cluster dashboard (through kubectl port-forward of its Service) answer
 // 401 without a token and 403 with one without the role; with the viewer's
 // token the agent's latest report event and the cluster roll-up carry the
-// exact drops of the blocked bursts, and both pages are served.
+// exact drops of the blocked bursts, both pages are served, and the
+// agent's /metrics (metrics-reader) has the block's exact drop counter.
 func (s *suite) dashboards() {
 	want := s.blockedSent.Load()
 	// A free local port: other tests (the e2e demo) may hold fixed ones.
@@ -852,6 +853,16 @@ func (s *suite) dashboards() {
 			s.t.Errorf("GET %s/: %d %.200s", base, code, body)
 		}
 	}
+	// The agent's /metrics: the metrics-reader role (the viewer has it, as
+	// the chart's Prometheus binding gives it), not another account.
+	if code, body, _ := s.get("https://127.0.0.1:9470/metrics", nobody); code != http.StatusForbidden {
+		s.t.Errorf("GET the agent's /metrics with a token without the role: %d %.200s, want 403", code, body)
+	}
+	dropped := fmt.Sprintf("lanmonitor_rule_dropped_packets_total{interface=%q,ipblock=%q} %d\n", s.env.LabInterface, blockName, want)
+	s.waitFor(30*time.Second, "the agent's /metrics with "+strings.TrimSpace(dropped), func() bool {
+		code, body, err := s.get("https://127.0.0.1:9470/metrics", viewer)
+		return err == nil && code == http.StatusOK && strings.Contains(string(body), dropped)
+	})
 	latest := func(base string, v any) bool {
 		code, body, err := s.get(base+"/api/v1/history?limit=1", viewer)
 		var h struct {
