@@ -90,6 +90,9 @@ type Datapath struct {
 
 	mu       sync.Mutex
 	settings lanmonitorLmConfig
+	// written is the settings value last written to lm_settings (nil:
+	// not known yet); see writeSettings.
+	written *lanmonitorLmConfig
 	// gens mirror the two generations of lm_rules (keys as in generation
 	// 0): gens[settings.Gen] is the configuration in force, and between
 	// changes both are the same map. A nil mirror is unknown (a write
@@ -432,6 +435,8 @@ func (d *Datapath) adopt() error {
 	if d.settings.Gen > 1 {
 		return fmt.Errorf("pinned settings name rule generation %d: %w", d.settings.Gen, ErrIncompatiblePins)
 	}
+	read := d.settings
+	d.written = &read
 	for g := range uint32(2) {
 		m, err := d.readGen(g)
 		if err != nil {
@@ -551,10 +556,28 @@ func (d *Datapath) SetSampleRate(n uint32) error {
 	return d.writeSettings()
 }
 
+// writeSettings writes d.settings to lm_settings. The kernel copies an
+// array map's value in place (kernel/bpf/arraymap.c: array_map_update_elem,
+// copy_map_value, a memcpy), so a frame may read a value half old, half
+// new. gen lies before the lengths in struct lm_config: a write that flips
+// gen and changes lengths at once could show a frame the new gen with that
+// generation's old lengths. A flip must therefore change gen alone (see
+// commit); writeSettings refuses any other flip.
+// Errors: such a flip (a bug of ours), or the kernel refusing the update.
 func (d *Datapath) writeSettings() error {
+	if w := d.written; w != nil && w.Gen != d.settings.Gen {
+		rest := *w
+		rest.Gen = d.settings.Gen
+		if rest != d.settings {
+			return fmt.Errorf("write settings: a flip of the rule generation %d -> %d must change nothing else", w.Gen, d.settings.Gen)
+		}
+	}
 	if err := d.objs.LmSettings.Update(uint32(0), &d.settings, ebpf.UpdateAny); err != nil {
+		d.written = nil // maybe written, maybe not
 		return fmt.Errorf("write settings: %w", err)
 	}
+	w := d.settings
+	d.written = &w
 	return nil
 }
 

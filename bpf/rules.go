@@ -234,6 +234,11 @@ func (d *Datapath) commit(desired, put map[lanmonitorLmRuleKey]Rule, del []lanmo
 		if err := d.writeGen(next, desired, change); err != nil {
 			return err
 		}
+		// The new generation's lengths first, while the other one is in
+		// force, then the flip of gen alone (see writeSettings).
+		if err := d.writeSettings(); err != nil {
+			return err
+		}
 		d.settings.Gen = next
 		if err := d.writeSettings(); err != nil {
 			d.settings.Gen = cur
