@@ -389,6 +389,7 @@ func removeNewPins(dir string, before map[string]bool, createdDir bool) {
 
 // Pin pins the maps by name into dir (a bpffs directory, created if needed),
 // replacing pins of the same names, and makes dir this Datapath's PinPath.
+// Maps adopted from pins in dir at Load stay pinned as they are.
 // Used after loading without pins because the old ones were incompatible.
 func (d *Datapath) Pin(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -396,6 +397,12 @@ func (d *Datapath) Pin(dir string) error {
 	}
 	for _, m := range d.pinnable() {
 		path := filepath.Join(dir, m.name)
+		if m.m.IsPinned() && d.cfg.PinPath == dir {
+			// Adopted from this very pin. Removing it and pinning again
+			// would lose it: cilium/ebpf's Map.Pin to the path the map
+			// was loaded from does nothing.
+			continue
+		}
 		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("replace pin %s: %w", path, err)
 		}

@@ -1,6 +1,7 @@
 package bpf_test
 
 import (
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -366,14 +367,35 @@ func TestPinMismatch(t *testing.T) {
 				}
 			}
 
-			// Pinned again, everything is adopted by the next load.
+			// Pinned again, everything is adopted by the next load: the
+			// same counters, talkers and rules (no map missing from the
+			// pins and created anew).
 			if err := second.Pin(cfg.PinPath); err != nil {
 				t.Fatal(err)
 			}
+			wantStats, wantTalkers, wantRC := stats(t, second), talkerMap(t, second), ruleCounters(t, second)
+			wantRules := second.Prefixes(bpf.TableSource)
 			second.Close()
 			third := loadForTest(t, cfg)
 			if got := third.Replaced(); got != nil {
 				t.Errorf("after Pin, the next load replaced %v", got)
+			}
+			for _, name := range []string{"lm_talkers", "lm_rules", "lm_filter", "lm_rule_stats", "lm_global_stats", "lm_settings"} {
+				if _, err := os.Stat(filepath.Join(cfg.PinPath, name)); err != nil {
+					t.Errorf("after Pin: %v", err)
+				}
+			}
+			if got := stats(t, third); got != wantStats {
+				t.Errorf("global counters after the next load %+v, want %+v", got, wantStats)
+			}
+			if got := talkerMap(t, third); !maps.Equal(got, wantTalkers) {
+				t.Errorf("talkers after the next load %+v, want %+v", got, wantTalkers)
+			}
+			if got := ruleCounters(t, third); !maps.Equal(got, wantRC) {
+				t.Errorf("rule counters after the next load %+v, want %+v", got, wantRC)
+			}
+			if got := third.Prefixes(bpf.TableSource); !slices.Equal(got, wantRules) {
+				t.Errorf("source prefixes after the next load %v, want %v", got, wantRules)
 			}
 		})
 	}

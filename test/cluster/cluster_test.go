@@ -64,6 +64,12 @@ const (
 	// binaries carry another version string).
 	tagA = "e2e-a"
 	tagB = "e2e-b"
+	// previousRelease is the commit whose chart and images are installed
+	// first and upgraded to this tree's: main when the chart shipped its
+	// CRDs in crds/ only (which helm upgrade leaves alone) and the agent
+	// served plain HTTP. Move it forward when a release is cut.
+	previousRelease = "05afa4acfba01fa143087df1d4c0dbdecafda666"
+	tagPrevious     = "e2e-previous"
 	// The LanMonitor's report interval: short, so the test is quick.
 	reportInterval = 2 * time.Second
 	monitorName    = "lab"
@@ -97,6 +103,9 @@ type suite struct {
 	// viewer is a token of a service account bound to the chart's
 	// dashboard-viewer and metrics-reader ClusterRoles (viewerToken).
 	viewer string
+	// previousChart is the chart of previousRelease, its images imported
+	// as tagPrevious ("" in a shallow clone: see buildPrevious).
+	previousChart string
 }
 
 func TestCluster(t *testing.T) {
@@ -141,16 +150,22 @@ func TestCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.env = env
-	t.Cleanup(func() {
-		if t.Failed() {
+	// What helps to understand a failure, while the cluster is still up.
+	dumped := false
+	dump := func() {
+		if t.Failed() && !dumped {
+			dumped = true
+			s.t = t
 			s.dumpState()
 		}
-	})
+	}
+	t.Cleanup(dump)
 
 	if err := forwardingOff(); err != nil {
 		t.Fatal(err)
 	}
 	s.step("build and import images", s.buildImages)
+	s.step("build and import the previous release's images", s.buildPrevious)
 	sender, err := localcluster.LabSender()
 	if err != nil {
 		t.Fatal(err)
@@ -175,10 +190,48 @@ func TestCluster(t *testing.T) {
 
 	// Each step needs the previous one: the first failure ends the chain
 	// (the cluster is still torn down and checked).
-	ok := t.Run("helm install: pods Ready with least privilege", func(t *testing.T) {
+	upgraded := false
+	ok := t.Run("helm install of the previous release, helm upgrade to this chart: CRDs upgraded, blocking holds", func(t *testing.T) {
+		s.t = t
+		if s.previousChart == "" {
+			t.Skip("a shallow clone has no previous release to install (git fetch --unshallow): this chart is installed fresh")
+		}
+		installed = true
+		s.step("helm install of the previous release", func() {
+			args := append([]string{"install", release, s.previousChart, "-n", namespace, "--create-namespace",
+				"--wait", "--timeout", "3m"}, s.installValues(tagPrevious)...)
+			s.t.Logf("helm install %s:\n%s", previousRelease, firstLines(s.helmRun(args...), 8))
+		})
+		s.applyObjects()
+		s.blockedBurst()
+		const oldMessage, newMessage = "must be an IPv4 or IPv6 address or CIDR", "IPv4-mapped IPv6 (::ffff:a.b.c.d) is refused"
+		if msg := s.refusedIPBlock("::ffff:198.18.0.99"); !strings.Contains(msg, oldMessage) || strings.Contains(msg, newMessage) {
+			t.Errorf("before the upgrade, a v4-mapped CIDR is refused with %q, want the previous CRD's message %q", msg, oldMessage)
+		}
+		s.step("helm upgrade from the previous release", func() {
+			s.acrossRollover("helm upgrade from the previous release", tagA, func() {
+				args := append([]string{"upgrade", release, filepath.Join(s.repo, "charts/lanmonitor"), "-n", namespace,
+					"--wait", "--timeout", "3m"}, s.installValues(tagA)...)
+				s.t.Logf("helm upgrade:\n%s", firstLines(s.helmRun(args...), 8))
+			})
+			// helm --wait counts a Deployment ready at replicas -
+			// maxUnavailable (0 on the host network): wait for the new
+			// controller itself.
+			s.kubectlRun("-n", namespace, "rollout", "status", "deployment/"+release+"-controller", "--timeout=2m")
+		})
+		// The pre-upgrade hook applied this chart's CRDs: the API server
+		// validates with them.
+		if msg := s.refusedIPBlock("::ffff:198.18.0.99"); !strings.Contains(msg, newMessage) || !strings.Contains(msg, "spec.cidrs[0]") {
+			t.Errorf("after the upgrade, a v4-mapped CIDR is refused with %q, want this chart's CRD message %q naming spec.cidrs[0]", msg, newMessage)
+		}
+		upgraded = !t.Failed()
+	})
+	ok = ok && t.Run("helm install: pods Ready with least privilege", func(t *testing.T) {
 		s.t = t
 		installed = true
-		s.step("helm install", s.install)
+		if !upgraded {
+			s.step("helm install", s.install)
+		}
 		s.checkPods()
 	})
 	ok = ok && t.Run("LanMonitor and IPBlock: exact talkers and drops", func(t *testing.T) {
@@ -234,6 +287,7 @@ func TestCluster(t *testing.T) {
 		}
 	})
 
+	dump()
 	if managed {
 		s.t = t
 		var out string
@@ -443,6 +497,48 @@ func (s *suite) buildImages() {
 			s.t.Logf("lmimages %v:\n%s", args, o)
 		}
 	}
+}
+
+// buildPrevious checks out previousRelease from this clone's history,
+// builds its images with its own hack/images (tag tagPrevious, imported
+// into the cluster's containerd) and sets s.previousChart. In a shallow
+// clone it leaves s.previousChart empty and says so.
+func (s *suite) buildPrevious() {
+	if out, _ := s.run(exec.Command("git", "rev-parse", "--is-shallow-repository")); strings.TrimSpace(out) == "true" {
+		s.t.Logf("a shallow clone: the previous release %s cannot be built", previousRelease)
+		return
+	}
+	dir := s.t.TempDir()
+	if out, err := s.run(exec.Command("sh", "-c", "git archive --format=tar "+previousRelease+" | tar -x -C "+dir)); err != nil {
+		s.t.Fatalf("check out the previous release %s: %v\n%s", previousRelease, err, out)
+	}
+	cmd := exec.Command("go", "run", "./hack/images", "-tag", tagPrevious, "-import", "always", "-out", s.t.TempDir())
+	cmd.Dir = dir
+	if out, err := s.run(cmd); err != nil {
+		s.t.Fatalf("build the images of %s: %v\n%s", previousRelease, err, out)
+	}
+	s.previousChart = filepath.Join(dir, "charts/lanmonitor")
+}
+
+// refusedIPBlock creates an IPBlock of one CIDR that the API server must
+// refuse, and returns its message.
+func (s *suite) refusedIPBlock(cidr string) string {
+	s.t.Helper()
+	cmd := s.kubectlCmd("create", "-f", "-")
+	cmd.Stdin = strings.NewReader(fmt.Sprintf(`apiVersion: lanmonitor.io/v1alpha1
+kind: IPBlock
+metadata:
+  name: refused
+spec:
+  cidrs: [%q]
+  mode: Enforce
+`, cidr))
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		s.kubectlCmd("delete", "ipblock", "refused").Run()
+		s.t.Fatalf("an IPBlock of %s was accepted", cidr)
+	}
+	return strings.TrimSpace(string(out))
 }
 
 // installValues are the only changes to the chart: the local images, and
@@ -1127,6 +1223,11 @@ func (s *suite) acrossRollover(what, wantTag string, action func()) {
 		}
 	}
 	s.t.Logf("%s: new pod %s Ready after %.1fs; it logged: %s", what, newPod.Name, took.Seconds(), attached)
+	for _, l := range strings.Split(logs, "\n") {
+		if strings.Contains(l, `"level":"WARN"`) || strings.Contains(l, `"level":"ERROR"`) {
+			s.t.Logf("the new agent logged: %s", l)
+		}
+	}
 	if !strings.Contains(attached, `"adopted":true`) {
 		s.t.Errorf("the new agent did not adopt the pinned link: %s", attached)
 	}

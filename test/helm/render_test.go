@@ -321,6 +321,17 @@ func TestController(t *testing.T) {
 	if pod.ServiceAccountName != "lanmonitor-controller" {
 		t.Errorf("serviceAccountName = %q", pod.ServiceAccountName)
 	}
+	if dep.Spec.Strategy.Type != "" || dep.Spec.Strategy.RollingUpdate != nil {
+		t.Errorf("strategy = %+v, want the default rolling update on the pod network", dep.Spec.Strategy)
+	}
+	// On the host network a surge pod could not bind the node's ports
+	// beside the old one: the rollout replaces the pod instead.
+	var hostDep appsv1.Deployment
+	typed(t, find(t, decode(t, template(t, release, namespace, "--set", "controller.hostNetwork=true")), "Deployment", "-controller"), &hostDep)
+	if ru := hostDep.Spec.Strategy.RollingUpdate; hostDep.Spec.Strategy.Type != appsv1.RollingUpdateDeploymentStrategyType || ru == nil ||
+		ru.MaxSurge == nil || ru.MaxSurge.String() != "0" || ru.MaxUnavailable == nil || ru.MaxUnavailable.String() != "1" {
+		t.Errorf("hostNetwork: strategy = %+v, want RollingUpdate with maxSurge 0, maxUnavailable 1", hostDep.Spec.Strategy)
+	}
 	// The API server's PodSecurity admission checks the restricted profile
 	// for real (TestPodAdmission); this names the settings.
 	if sc := c.SecurityContext; sc == nil || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation ||
