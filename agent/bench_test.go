@@ -208,12 +208,45 @@ func BenchmarkReadAndRank(b *testing.B) {
 	}
 	defer m.Close(true)
 	fillSources(b, m.dp.Program(), 65536)
-	for b.Loop() {
-		ts, err := m.Talkers(0)
-		if err != nil || len(ts) != 65536 {
-			b.Fatalf("%d talkers, err %v", len(ts), err)
-		}
+	// Two reads of the counters a second apart, with traffic between, as
+	// the report loop does: every source has a rate to look up and rank.
+	m.mu.Lock()
+	m.tick(time.Now().Add(-time.Second))
+	fillSources(b, m.dp.Program(), 65536)
+	m.tick(time.Now())
+	m.mu.Unlock()
+	if ts, _ := m.Talkers(1); len(ts) != 1 || ts[0].BitsPerSecond == 0 {
+		b.Fatalf("top talker %+v: want a rate", ts)
 	}
+	b.Run("limit=0", func(b *testing.B) {
+		for b.Loop() {
+			ts, err := m.Talkers(0)
+			if err != nil || len(ts) != 65536 {
+				b.Fatalf("%d talkers, err %v", len(ts), err)
+			}
+		}
+	})
+	// The ranking of the periodic report (its top 10), without the read.
+	b.Run("top10-rank-only", func(b *testing.B) {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		all, err := m.dp.Talkers()
+		if err != nil {
+			b.Fatal(err)
+		}
+		for b.Loop() {
+			if ts := topTalkers(all, &m.tracker, m.internal, 10); len(ts) != 10 {
+				b.Fatalf("%d talkers", len(ts))
+			}
+		}
+	})
+	b.Run("read-only", func(b *testing.B) {
+		for b.Loop() {
+			if ts, err := m.dp.Talkers(); err != nil || len(ts) != 65536 {
+				b.Fatalf("%d talkers, err %v", len(ts), err)
+			}
+		}
+	})
 }
 
 // fillSources runs one frame from each of n sources (198.18.0.0/15)

@@ -75,6 +75,8 @@ type rateTracker struct {
 	stats   bpf.Stats
 	total   rate
 	split   splitRates
+	// scratch holds ratesOf's sort buffers between reports.
+	scratch [2][]rankKey
 }
 
 // splitRates add up the tracked sources' rates inside and outside the
@@ -142,6 +144,41 @@ func (r *rateTracker) update(now time.Time, talkers []bpf.Talker, stats bpf.Stat
 }
 
 // rateOf is a source's rate over the last interval (zero if unknown).
+// ratesOf returns the rate of each of talkers (index for index): the
+// talkers, put in address order by sortRankKeys, are merged with the
+// tracker's entries (address order too) in one linear walk, rather than
+// searched one by one. scratch, if as long as talkers, is used (and
+// overwritten) for the sort.
+func (r *rateTracker) ratesOf(talkers []bpf.Talker, scratch []rankKey) []rate {
+	rates := make([]rate, len(talkers))
+	if len(r.entries) == 0 {
+		return rates
+	}
+	keys := scratch
+	if len(keys) != len(talkers) {
+		// The report's own buffers, kept from one report to the next.
+		if cap(r.scratch[0]) < len(talkers) {
+			r.scratch = [2][]rankKey{make([]rankKey, len(talkers)), make([]rankKey, len(talkers))}
+		}
+		keys = r.scratch[0][:len(talkers)]
+	}
+	for i := range talkers {
+		keys[i] = newRankKey(0, 0, talkers[i].Addr, i) // equal rates and bytes: address order
+	}
+	sortRankKeysWith(keys, r.scratch[1][:min(len(talkers), cap(r.scratch[1]))])
+	j := 0
+	for _, k := range keys {
+		a := talkers[k.i].Addr
+		for j < len(r.entries) && compareAddr(r.entries[j].addr, a) < 0 {
+			j++
+		}
+		if j < len(r.entries) && r.entries[j].addr == a {
+			rates[k.i] = r.entries[j].rate
+		}
+	}
+	return rates
+}
+
 func (r *rateTracker) rateOf(a bpf.Addr) rate {
 	i, ok := slices.BinarySearchFunc(r.entries, a, func(e trackEntry, a bpf.Addr) int { return compareAddr(e.addr, a) })
 	if !ok {
@@ -177,9 +214,8 @@ func rank(ts []TalkerReport, limit int) []TalkerReport {
 // sorted, and reports are made for the first limit only.
 func rankTalkers(talkers []bpf.Talker, tr *rateTracker, internal []netip.Prefix, limit int) []TalkerReport {
 	keys := make([]rankKey, len(talkers))
-	rates := make([]rate, len(talkers))
+	rates := tr.ratesOf(talkers, keys)
 	for i, t := range talkers {
-		rates[i] = tr.rateOf(t.Addr)
 		keys[i] = newRankKey(rates[i].bits, t.Bytes, t.Addr, i)
 	}
 	sortRankKeys(keys)
@@ -211,18 +247,75 @@ func newRankKey(bps, bytes uint64, a bpf.Addr, i int) rankKey {
 	return rankKey{bps, bytes, binary.BigEndian.Uint64(a[:8]), binary.BigEndian.Uint64(a[8:]), i}
 }
 
-func sortRankKeys(keys []rankKey) {
-	slices.SortFunc(keys, func(a, b rankKey) int {
-		switch {
-		case a.bps != b.bps:
-			return cmp.Compare(b.bps, a.bps)
-		case a.bytes != b.bytes:
-			return cmp.Compare(b.bytes, a.bytes)
-		case a.hi != b.hi:
-			return cmp.Compare(a.hi, b.hi)
+// sortRankKeys sorts keys in ranking order. It is a least-significant-
+// digit radix sort over the key's 32 bytes, read as the ascending words
+// ^bps, ^bytes, hi, lo, with one counting pass per byte position that is
+// not the same in every key (found by one sweep first): 65,536 IPv4
+// sources with equal rates and byte counts take two passes, varied ones
+// about a dozen, each a linear sweep, against about a million comparisons
+// for a comparison sort. Small slices use the comparison sort.
+func sortRankKeys(keys []rankKey) { sortRankKeysWith(keys, nil) }
+
+// sortRankKeysWith is sortRankKeys with tmp, if as long as keys, as the
+// radix sort's second buffer.
+func sortRankKeysWith(keys, tmp []rankKey) {
+	if len(keys) < 512 {
+		slices.SortFunc(keys, compareRankKeys)
+		return
+	}
+	words := func(k *rankKey) [4]uint64 { return [4]uint64{^k.bps, ^k.bytes, k.hi, k.lo} }
+	// Bits that differ between keys, per word.
+	first := words(&keys[0])
+	var differ [4]uint64
+	for i := range keys {
+		w := words(&keys[i])
+		for j := range w {
+			differ[j] |= w[j] ^ first[j]
 		}
-		return cmp.Compare(a.lo, b.lo)
-	})
+	}
+	if len(tmp) != len(keys) {
+		tmp = make([]rankKey, len(keys))
+	}
+	src, dst := keys, tmp
+	for w := 3; w >= 0; w-- {
+		for shift := 0; shift < 64; shift += 8 {
+			if differ[w]>>shift&0xff == 0 {
+				continue // the same byte in every key
+			}
+			var start [256]int
+			for i := range src {
+				start[byte(words(&src[i])[w]>>shift)]++
+			}
+			sum := 0
+			for d, c := range start {
+				start[d] = sum
+				sum += c
+			}
+			for i := range src {
+				d := byte(words(&src[i])[w] >> shift)
+				dst[start[d]] = src[i]
+				start[d]++
+			}
+			src, dst = dst, src
+		}
+	}
+	if &src[0] != &keys[0] {
+		copy(keys, src)
+	}
+}
+
+// compareRankKeys orders keys by rate and bytes descending, then address
+// ascending.
+func compareRankKeys(a, b rankKey) int {
+	switch {
+	case a.bps != b.bps:
+		return cmp.Compare(b.bps, a.bps)
+	case a.bytes != b.bytes:
+		return cmp.Compare(b.bytes, a.bytes)
+	case a.hi != b.hi:
+		return cmp.Compare(a.hi, b.hi)
+	}
+	return cmp.Compare(a.lo, b.lo)
 }
 
 // topTalkers ranks talkers as rank does and returns the first n as reports,
@@ -232,18 +325,18 @@ func topTalkers(talkers []bpf.Talker, tr *rateTracker, internal []netip.Prefix, 
 	if n <= 0 || n >= len(talkers) {
 		return rankTalkers(talkers, tr, internal, n)
 	}
-	// A min-heap (by ranking order) of the best n seen so far.
-	better := func(a, b *bpf.Talker) bool {
-		ra, rb := tr.rateOf(a.Addr), tr.rateOf(b.Addr)
-		if ra.bits != rb.bits {
-			return ra.bits > rb.bits
+	// A min-heap (by ranking order) of the best n seen so far, by index.
+	rates := tr.ratesOf(talkers, nil)
+	better := func(i, j int) bool {
+		if rates[i].bits != rates[j].bits {
+			return rates[i].bits > rates[j].bits
 		}
-		if a.Bytes != b.Bytes {
-			return a.Bytes > b.Bytes
+		if talkers[i].Bytes != talkers[j].Bytes {
+			return talkers[i].Bytes > talkers[j].Bytes
 		}
-		return compareAddr(a.Addr, b.Addr) < 0
+		return compareAddr(talkers[i].Addr, talkers[j].Addr) < 0
 	}
-	h := make([]*bpf.Talker, 0, n)
+	h := make([]int, 0, n)
 	down := func(i int) {
 		for {
 			l, r, w := 2*i+1, 2*i+2, i
@@ -261,22 +354,21 @@ func topTalkers(talkers []bpf.Talker, tr *rateTracker, internal []netip.Prefix, 
 		}
 	}
 	for i := range talkers {
-		t := &talkers[i]
 		if len(h) < n {
-			h = append(h, t)
+			h = append(h, i)
 			for j := len(h) - 1; j > 0 && better(h[(j-1)/2], h[j]); j = (j - 1) / 2 {
 				h[j], h[(j-1)/2] = h[(j-1)/2], h[j]
 			}
 			continue
 		}
-		if better(t, h[0]) {
-			h[0] = t
+		if better(i, h[0]) {
+			h[0] = i
 			down(0)
 		}
 	}
 	picked := make([]bpf.Talker, len(h))
-	for i, t := range h {
-		picked[i] = *t
+	for k, i := range h {
+		picked[k] = talkers[i]
 	}
 	return rank(talkerReports(picked, tr, internal), n)
 }

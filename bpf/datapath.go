@@ -18,6 +18,7 @@ import (
 	"reflect"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/cilium/ebpf"
@@ -104,6 +105,8 @@ type Datapath struct {
 	grace, graceInner *ebpf.Map
 	// replaced and carried: see Replaced and CarriedOver.
 	replaced, carried []string
+	// talkersSeen is how many talkers the last Talkers call read.
+	talkersSeen atomic.Int64
 }
 
 // Load loads the XDP program into the kernel with maps sized by cfg.
@@ -639,7 +642,10 @@ func (d *Datapath) Talkers() ([]Talker, error) {
 	keys := make([]lanmonitorLmAddr, talkerBatch)
 	vals := make([]lanmonitorLmTalker, talkerBatch*d.cpus)
 	var cursor ebpf.MapBatchCursor
-	var out []Talker
+	// As many as the last read found, and a batch more: the slice is
+	// rarely grown (each growth copies every talker read so far).
+	out := make([]Talker, 0, min(int(d.talkersSeen.Load())+talkerBatch, int(d.cfg.MaxTrackedSources)))
+	defer func() { d.talkersSeen.Store(int64(len(out))) }()
 	for {
 		n, err := d.objs.LmTalkers.BatchLookup(&cursor, keys, vals, nil)
 		for i := range n {
