@@ -279,6 +279,19 @@ func BenchmarkExactness(b *testing.B) {
 	})
 }
 
+// onCPU runs fn on the calling goroutine's thread pinned to cpu (per-CPU
+// maps count per thread's CPU), and returns fn's error or the pinning's.
+func onCPU(cpu int, fn func() error) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var set unix.CPUSet
+	set.Set(cpu)
+	if err := unix.SchedSetaffinity(0, &set); err != nil {
+		return fmt.Errorf("pin to CPU %d: %w", cpu, err)
+	}
+	return fn()
+}
+
 // onTwoCPUs runs prog on frame from two threads pinned to CPUs 0 and 1,
 // b.N runs each in batches.
 func onTwoCPUs(b *testing.B, prog *ebpf.Program, frame []byte) {
@@ -289,20 +302,16 @@ func onTwoCPUs(b *testing.B, prog *ebpf.Program, frame []byte) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			runtime.LockOSThread()
-			defer runtime.UnlockOSThread()
-			var set unix.CPUSet
-			set.Set(cpu)
-			if err := unix.SchedSetaffinity(0, &set); err != nil {
-				b.Error(err)
-				return
-			}
-			<-start
-			for n := 0; n < b.N; n += batch {
-				if _, err := prog.Run(&ebpf.RunOptions{Data: frame, Repeat: batch}); err != nil {
-					b.Error(err)
-					return
+			if err := onCPU(cpu, func() error {
+				<-start
+				for n := 0; n < b.N; n += batch {
+					if _, err := prog.Run(&ebpf.RunOptions{Data: frame, Repeat: batch}); err != nil {
+						return err
+					}
 				}
+				return nil
+			}); err != nil {
+				b.Error(err)
 			}
 		}()
 	}

@@ -6,8 +6,6 @@ import (
 	"sync"
 	"testing"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/cilium/ebpf"
 
 	"github.com/lanmonitor/lanmonitor/bpf"
@@ -67,23 +65,19 @@ func TestExactUnderConcurrency(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				runtime.LockOSThread()
-				defer runtime.UnlockOSThread()
-				var set unix.CPUSet
-				set.Set(cpu)
-				if err := unix.SchedSetaffinity(0, &set); err != nil {
-					errs <- err
-					return
-				}
-				<-start
-				for range perRound {
-					// Repeat 1: an interrupted run is retried by the
-					// library only when repeat > 1, so each call is
-					// exactly one execution.
-					if _, err := d.Program().Run(&ebpf.RunOptions{Data: frame, DataOut: make([]byte, len(frame)+256)}); err != nil {
-						errs <- err
-						return
+				if err := onCPU(cpu, func() error {
+					<-start
+					for range perRound {
+						// Repeat 1: an interrupted run is retried by the
+						// library only when repeat > 1, so each call is
+						// exactly one execution.
+						if _, err := d.Program().Run(&ebpf.RunOptions{Data: frame, DataOut: make([]byte, len(frame)+256)}); err != nil {
+							return err
+						}
 					}
+					return nil
+				}); err != nil {
+					errs <- err
 				}
 			}()
 		}

@@ -10,7 +10,6 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
 
 	"github.com/lanmonitor/lanmonitor/bpf"
 	"github.com/lanmonitor/lanmonitor/internal/frames"
@@ -144,44 +143,39 @@ func TestEditsUnderTraffic(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			runtime.LockOSThread()
-			defer runtime.UnlockOSThread()
-			var set unix.CPUSet
-			set.Set(cpu)
-			if err := unix.SchedSetaffinity(0, &set); err != nil {
+			err := onCPU(cpu, func() error {
+				out := make([]byte, 512)
+				for i := 0; !stop.Load(); i++ {
+					probe := i % len(editProbes)
+					p0 := phase.Load()
+					ret, err := d.Program().Run(&ebpf.RunOptions{Data: frameOf[probe], DataOut: out})
+					p1 := phase.Load()
+					if err != nil {
+						return err
+					}
+					got := verdictLetter(ret)
+					// Steps that may have been in force during the run.
+					allowed := map[byte]bool{}
+					for p := p0 / 2 * 2; p <= (p1+1)/2*2; p += 2 {
+						allowed[want(p)[probe]] = true
+					}
+					runs[cpu]++
+					if (p0 != p1 || p0%2 == 1) && len(allowed) == 1 {
+						crossings[cpu]++
+					}
+					if !allowed[got] {
+						mu.Lock()
+						failures = append(failures, fmt.Sprintf("probe %s -> %s: %c during phases %d..%d (steps %q..%q)", editProbes[probe].src,
+							editProbes[probe].dst, got, p0, p1, editSteps[(p0/2)%int64(len(editSteps))].name, editSteps[((p1+1)/2)%int64(len(editSteps))].name))
+						mu.Unlock()
+					}
+				}
+				return nil
+			})
+			if err != nil {
 				mu.Lock()
 				failures = append(failures, err.Error())
 				mu.Unlock()
-				return
-			}
-			out := make([]byte, 512)
-			for i := 0; !stop.Load(); i++ {
-				probe := i % len(editProbes)
-				p0 := phase.Load()
-				ret, err := d.Program().Run(&ebpf.RunOptions{Data: frameOf[probe], DataOut: out})
-				p1 := phase.Load()
-				if err != nil {
-					mu.Lock()
-					failures = append(failures, err.Error())
-					mu.Unlock()
-					return
-				}
-				got := verdictLetter(ret)
-				// Steps that may have been in force during the run.
-				allowed := map[byte]bool{}
-				for p := p0 / 2 * 2; p <= (p1+1)/2*2; p += 2 {
-					allowed[want(p)[probe]] = true
-				}
-				runs[cpu]++
-				if (p0 != p1 || p0%2 == 1) && len(allowed) == 1 {
-					crossings[cpu]++
-				}
-				if !allowed[got] {
-					mu.Lock()
-					failures = append(failures, fmt.Sprintf("probe %s -> %s: %c during phases %d..%d (steps %q..%q)", editProbes[probe].src,
-						editProbes[probe].dst, got, p0, p1, editSteps[(p0/2)%int64(len(editSteps))].name, editSteps[((p1+1)/2)%int64(len(editSteps))].name))
-					mu.Unlock()
-				}
 			}
 		}()
 	}
