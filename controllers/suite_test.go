@@ -232,17 +232,7 @@ func anySlice[T any](in []T) []any {
 // f's last error after timeout.
 func eventually(t testing.TB, timeout time.Duration, f func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %v", timeout, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testenv.Eventually(t, timeout, 20*time.Millisecond, "condition", f)
 }
 
 // node describes a Node to create.

@@ -136,7 +136,7 @@ func installServiceMonitorCRD(t testing.TB) {
 		if err := admin(t).Create(ctx, crd); err != nil && !apierrors.IsAlreadyExists(err) {
 			t.Fatalf("create ServiceMonitor CRD: %v", err)
 		}
-		waitFor(t, 30*time.Second, "ServiceMonitor CRD served", func() error {
+		testenv.Eventually(t, 30*time.Second, 100*time.Millisecond, "ServiceMonitor CRD served", func() error {
 			var l unstructured.UnstructuredList
 			l.SetAPIVersion("monitoring.coreos.com/v1")
 			l.SetKind("ServiceMonitorList")
@@ -146,22 +146,6 @@ func installServiceMonitorCRD(t testing.TB) {
 }
 
 func ptrTo[T any](v T) *T { return &v }
-
-// waitFor polls f until it returns nil.
-func waitFor(t testing.TB, timeout time.Duration, what string, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not after %v: %v", what, timeout, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
 
 // TestDryRun renders every value set and sends every rendered object, CRDs
 // included, to the API server with server-side apply and dryRun=All: the
@@ -341,7 +325,7 @@ func TestInstall(t *testing.T) {
 
 	// The ValidatingAdmissionPolicy takes effect once the API server has
 	// loaded it; until then the write to another node's object succeeds.
-	waitFor(t, 20*time.Second, "node restriction policy in effect", func() error {
+	testenv.Eventually(t, 20*time.Second, 100*time.Millisecond, "node restriction policy in effect", func() error {
 		err := statusPatch(agent, "node-b")
 		if err == nil {
 			return fmt.Errorf("agent of node-a patched node-b's status")
