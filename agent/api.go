@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/lanmonitor/lanmonitor/bpf"
+	"github.com/lanmonitor/lanmonitor/internal/prefixes"
 	"github.com/lanmonitor/lanmonitor/internal/sse"
 	"github.com/lanmonitor/lanmonitor/internal/webui"
 )
@@ -176,7 +177,7 @@ func NewHandler(managers Managers, gatherer prometheus.Gatherer, ready func() er
 		for _, b := range m.Config().Blocks {
 			ss := make([]string, len(b.CIDRs))
 			for i, p := range b.CIDRs {
-				ss[i] = prefixString(normalizePrefix(p))
+				ss[i] = prefixes.Format(prefixes.Normalize(p))
 			}
 			cidrs[b.Name] = ss
 		}

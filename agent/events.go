@@ -3,6 +3,7 @@ package agent
 import (
 	"time"
 
+	"github.com/lanmonitor/lanmonitor/internal/prefixes"
 	"github.com/lanmonitor/lanmonitor/internal/sse"
 )
 
@@ -138,7 +139,7 @@ func reportEvent(node string, cfg Config, prev, cur *Report, split splitRates) R
 		if b := cidrs[r.Name]; b != nil {
 			er.CIDRCount = len(b.CIDRs)
 			for _, p := range b.CIDRs[:min(len(b.CIDRs), maxEventCIDRs)] {
-				er.CIDRs = append(er.CIDRs, prefixString(normalizePrefix(p)))
+				er.CIDRs = append(er.CIDRs, prefixes.Format(prefixes.Normalize(p)))
 			}
 		}
 		if p, ok := prevRules[r.Name]; ok && p.RuleID == r.RuleID && elapsed > 0 {

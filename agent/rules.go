@@ -6,19 +6,11 @@ import (
 	"slices"
 
 	"github.com/lanmonitor/lanmonitor/bpf"
+	"github.com/lanmonitor/lanmonitor/internal/prefixes"
 )
 
 // maxExemptedPerBlock bounds the exempted addresses reported per block.
 const maxExemptedPerBlock = 16
-
-// normalizePrefix masks p and writes IPv4-mapped IPv6 prefixes (::ffff:a.b.c.d/n,
-// n >= 96) in their IPv4 form, which is how the datapath stores IPv4.
-func normalizePrefix(p netip.Prefix) netip.Prefix {
-	if p.Addr().Is4In6() && p.Bits() >= 96 {
-		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
-	}
-	return p.Masked()
-}
 
 // tables is the content of the three rule tables.
 type tables map[bpf.Table]map[netip.Prefix]bpf.Rule
@@ -68,7 +60,7 @@ func buildTables(blocks []Block, protected []netip.Prefix) (tables, []shadowed) 
 		}
 		for _, tab := range tabs {
 			for _, p := range b.CIDRs {
-				p = normalizePrefix(p)
+				p = prefixes.Normalize(p)
 				if w, taken := owner[tab][p]; taken {
 					if w.Name != b.Name {
 						lost = append(lost, shadowed{Block: b.Name, Prefix: p, Winner: w.Name})
@@ -81,7 +73,7 @@ func buildTables(blocks []Block, protected []netip.Prefix) (tables, []shadowed) 
 		}
 	}
 	for _, p := range protected {
-		t[bpf.TableProtected][normalizePrefix(p)] = bpf.Rule{}
+		t[bpf.TableProtected][prefixes.Normalize(p)] = bpf.Rule{}
 	}
 	return t, lost
 }
@@ -91,46 +83,16 @@ func buildTables(blocks []Block, protected []netip.Prefix) (tables, []shadowed) 
 // addresses the lockout guard keeps from being dropped. At most
 // maxExemptedPerBlock entries, sorted; hosts are written as bare addresses.
 func exemptions(cidrs []netip.Prefix, protected []netip.Prefix) []string {
-	seen := map[netip.Prefix]bool{}
-	for _, c := range cidrs {
-		c = normalizePrefix(c)
-		for _, p := range protected {
-			p = normalizePrefix(p)
-			if !c.Overlaps(p) {
-				continue
-			}
-			// The overlap of two prefixes is the longer one.
-			if p.Bits() >= c.Bits() {
-				seen[p] = true
-			} else {
-				seen[c] = true
-			}
+	norm := func(in []netip.Prefix) []netip.Prefix {
+		out := make([]netip.Prefix, len(in))
+		for i, p := range in {
+			out[i] = prefixes.Normalize(p)
 		}
+		return out
 	}
-	out := make([]netip.Prefix, 0, len(seen))
-	for p := range seen {
-		out = append(out, p)
-	}
-	slices.SortFunc(out, func(a, b netip.Prefix) int {
-		if c := a.Addr().Compare(b.Addr()); c != 0 {
-			return c
-		}
-		return a.Bits() - b.Bits()
-	})
-	if len(out) > maxExemptedPerBlock {
-		out = out[:maxExemptedPerBlock]
-	}
-	s := make([]string, len(out))
-	for i, p := range out {
-		s[i] = prefixString(p)
+	s := prefixes.FormatSorted(prefixes.Exemptions(norm(cidrs), norm(protected)), maxExemptedPerBlock)
+	if s == nil {
+		s = []string{}
 	}
 	return s
-}
-
-// prefixString writes a host prefix as a bare address.
-func prefixString(p netip.Prefix) string {
-	if p.IsSingleIP() {
-		return p.Addr().String()
-	}
-	return p.String()
 }

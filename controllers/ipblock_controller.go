@@ -25,6 +25,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	lanmonitorv1alpha1 "github.com/lanmonitor/lanmonitor/api/v1alpha1"
+	"github.com/lanmonitor/lanmonitor/internal/prefixes"
 )
 
 // exhaustedRetry is how often a block waiting for a free rule ID tries again.
@@ -162,7 +163,7 @@ func blockStatus(b *lanmonitorv1alpha1.IPBlock, id int32, nodes []corev1.Node, l
 			st.MatchedPackets += rep.MatchedPackets
 			st.DroppedPackets += rep.DroppedPackets
 			for _, a := range rep.ExemptedAddresses {
-				if p, ok := parsePrefix(a); ok {
+				if p, ok := prefixes.Parse(a); ok {
 					reported = append(reported, p)
 				}
 			}
@@ -194,7 +195,7 @@ func blockStatus(b *lanmonitorv1alpha1.IPBlock, id int32, nodes []corev1.Node, l
 		interval = lanmonitorv1alpha1.DefaultReportInterval
 	}
 	slices.Sort(pending)
-	st.ExemptedAddresses = formatPrefixes(append(exemptions(b.Spec.CIDRs, protected), reported...), lanmonitorv1alpha1.MaxExemptedAddresses)
+	st.ExemptedAddresses = prefixes.FormatSorted(append(exemptions(b.Spec.CIDRs, protected), reported...), lanmonitorv1alpha1.MaxExemptedAddresses)
 	if isExpired {
 		// The block is lifted: keep what it did.
 		st.MatchedPackets = max(st.MatchedPackets, b.Status.MatchedPackets)
@@ -254,33 +255,6 @@ func blockStatus(b *lanmonitorv1alpha1.IPBlock, id int32, nodes []corev1.Node, l
 		set(lanmonitorv1alpha1.ConditionPartiallyEnforced, false, lanmonitorv1alpha1.ReasonNotApplied, "not enforced on any node: "+enf.Message)
 	}
 	return st, interval
-}
-
-// formatPrefixes sorts and deduplicates prefixes, keeps the first n, and
-// writes host prefixes as bare addresses.
-func formatPrefixes(ps []netip.Prefix, n int) []string {
-	slices.SortFunc(ps, func(a, b netip.Prefix) int {
-		if c := a.Addr().Compare(b.Addr()); c != 0 {
-			return c
-		}
-		return a.Bits() - b.Bits()
-	})
-	ps = slices.Compact(ps)
-	if len(ps) > n {
-		ps = ps[:n]
-	}
-	if len(ps) == 0 {
-		return nil
-	}
-	out := make([]string, len(ps))
-	for i, p := range ps {
-		if p.IsSingleIP() {
-			out[i] = p.Addr().String()
-		} else {
-			out[i] = p.String()
-		}
-	}
-	return out
 }
 
 // displayCIDRs renders the CIDRS column: the first entry, then "+N".

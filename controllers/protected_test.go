@@ -4,6 +4,8 @@ import (
 	"slices"
 	"strconv"
 	"testing"
+
+	"github.com/lanmonitor/lanmonitor/internal/prefixes"
 )
 
 func TestExemptions(t *testing.T) {
@@ -26,7 +28,7 @@ func TestExemptions(t *testing.T) {
 		{"unparsable entries are ignored", []string{"abc", "198.18.0.0/15"}, []string{"", "198.18.0.1"}, []string{"198.18.0.1"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			got := formatPrefixes(exemptions(tt.blocked, tt.protected), 100)
+			got := prefixes.FormatSorted(exemptions(tt.blocked, tt.protected), 100)
 			if !slices.Equal(got, tt.want) {
 				t.Errorf("got %v, want %v", got, tt.want)
 			}
@@ -39,7 +41,7 @@ func TestFormatPrefixesBound(t *testing.T) {
 	for i := range 300 {
 		protected = append(protected, "198.18.1."+strconv.Itoa(i%256), "198.18.2."+strconv.Itoa(i%256))
 	}
-	got := formatPrefixes(exemptions([]string{"198.18.0.0/15"}, protected), 100)
+	got := prefixes.FormatSorted(exemptions([]string{"198.18.0.0/15"}, protected), 100)
 	if len(got) != 100 || got[0] != "198.18.1.0" || got[99] != "198.18.1.99" {
 		t.Errorf("got %d entries %v ... %v", len(got), got[0], got[len(got)-1])
 	}
