@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,6 +19,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/lanmonitor/lanmonitor/internal/lab"
+	"github.com/lanmonitor/lanmonitor/internal/testenv"
 )
 
 // eventStreamWindow is how long each phase of BenchmarkEventStream
@@ -174,16 +174,11 @@ func scrape(b *testing.B, api, name string) float64 {
 	return m.GetCounter().GetValue()
 }
 
-// procCPU reads the user+system CPU time pid has used, in seconds
-// (/proc/PID/stat fields 14 and 15, in clock ticks of 1/100 s: proc(5)).
+// procCPU reads the user+system CPU time pid has used, in seconds.
 func procCPU(b *testing.B, pid int) float64 {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	cpu, err := testenv.ProcessCPU(pid)
 	if err != nil {
 		b.Fatal(err)
 	}
-	// The command name (field 2) may hold spaces: count from its ')'.
-	f := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+2:]))
-	utime, _ := strconv.ParseFloat(f[11], 64)
-	stime, _ := strconv.ParseFloat(f[12], 64)
-	return (utime + stime) / 100
+	return cpu
 }

@@ -43,6 +43,7 @@ import (
 	"github.com/lanmonitor/lanmonitor/internal/kubetable"
 	"github.com/lanmonitor/lanmonitor/internal/lab"
 	"github.com/lanmonitor/lanmonitor/internal/privileged"
+	"github.com/lanmonitor/lanmonitor/internal/testenv"
 )
 
 // useDrainHook switches the uninstall step between relying on the chart's
@@ -243,6 +244,10 @@ func TestCluster(t *testing.T) {
 	ok = ok && t.Run("dashboards: the node's and the cluster's, authenticated, exact", func(t *testing.T) {
 		s.t = t
 		s.dashboards()
+	})
+	ok = ok && t.Run("idle agent pod: CPU without traffic", func(t *testing.T) {
+		s.t = t
+		s.idleCPU()
 	})
 	ok = ok && t.Run("kubectl delete pod: blocking holds, the new pod adopts", func(t *testing.T) {
 		s.t = t
@@ -722,6 +727,30 @@ func capabilities(t *testing.T, pid int) (eff, bnd uint64) {
 		}
 	}
 	return eff, bnd
+}
+
+// idleCPU measures the agent process's CPU over idleWindow without
+// traffic (its reports every reportInterval go on). The target (issue 11:
+// under 1% of a core) is measured at scale by agent's BenchmarkAgentIdleCPU;
+// here a busy loop or a per-second rebuild would show, so above 5% fails.
+func (s *suite) idleCPU() {
+	const idleWindow = 20 * time.Second
+	pid := agentPID(s.t)
+	cpu0, err := testenv.ProcessCPU(pid)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	t0 := time.Now()
+	time.Sleep(idleWindow)
+	cpu1, err := testenv.ProcessCPU(pid)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	share := 100 * (cpu1 - cpu0) / time.Since(t0).Seconds()
+	s.t.Logf("idle agent process %d: %.2f%% of a core over %v (%.2f s CPU), reports every %v", pid, share, idleWindow, cpu1-cpu0, reportInterval)
+	if share > 5 {
+		s.t.Errorf("the idle agent used %.2f%% of a core, more than 5%%", share)
+	}
 }
 
 func (s *suite) applyObjects() {
