@@ -429,7 +429,7 @@ func TestDashboardReconnect(t *testing.T) {
 		t.Errorf("events received %s, want %d", n, len(want))
 	}
 	// The chart is redrawn on the next animation frame after the events.
-	b.Wait(fmt.Sprintf(`document.querySelector("#chart-bits").dataset.points === "%d"`, len(want)), 5*time.Second)
+	b.WaitAttr("#chart-bits", "data-points", strconv.Itoa(len(want)), 5*time.Second)
 	t.Logf("%d reports replayed from Last-Event-ID %d on reconnecting (%v after the stream was let through)", replayed, seen, time.Since(unblocked).Round(time.Millisecond))
 	if msgs := b.Messages(); len(msgs) > 0 {
 		t.Logf("console: %q", msgs)

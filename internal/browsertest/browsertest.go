@@ -175,6 +175,16 @@ func (b *Browser) WaitText(sel, want string, timeout time.Duration) {
 	})
 }
 
+// WaitAttr waits until Attr(sel, name) is want, failing with the last
+// value seen.
+func (b *Browser) WaitAttr(sel, name, want string, timeout time.Duration) {
+	b.t.Helper()
+	var got string
+	b.waitFor(timeout, func() bool { got = b.Attr(sel, name); return got == want }, func() string {
+		return fmt.Sprintf("%s: %s=%q, want %q", sel, name, got, want)
+	})
+}
+
 // Wait waits until the JavaScript expression is true.
 func (b *Browser) Wait(expr string, timeout time.Duration) {
 	b.t.Helper()

@@ -124,9 +124,9 @@ func TestAgentPageFullHistory(t *testing.T) {
 		t.Errorf("packets chart: %s points, want 300", got)
 	}
 	b.Select("#window", "600")
-	b.Wait(`document.querySelector("#chart-bits").dataset.points === "600"`, 5*time.Second)
+	b.WaitAttr("#chart-bits", "data-points", "600", 5*time.Second)
 	b.Select("#window", "60")
-	b.Wait(`document.querySelector("#chart-bits").dataset.points === "60"`, 5*time.Second)
+	b.WaitAttr("#chart-bits", "data-points", "60", 5*time.Second)
 	if got := b.Text("#events-received"); got != "600" {
 		t.Errorf("events received %q, want 600", got)
 	}
