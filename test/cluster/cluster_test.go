@@ -908,21 +908,15 @@ func (s *suite) get(url, token string) (int, []byte, error) {
 // agentTalkers reads the agent's /api/v1/talkers on its host-network
 // port (127.0.0.1, HTTPS, the viewer's token).
 func (s *suite) agentTalkers() map[string]agentTalker {
-	req, err := http.NewRequest(http.MethodGet, "https://127.0.0.1:9470/api/v1/talkers?interface="+s.env.LabInterface, nil)
-	if err != nil {
+	code, raw, err := s.get("https://127.0.0.1:9470/api/v1/talkers?interface="+s.env.LabInterface, s.viewerToken())
+	if err != nil || code != http.StatusOK {
 		return nil
 	}
-	req.Header.Set("Authorization", "Bearer "+s.viewerToken())
-	resp, err := insecure.Do(req)
-	if err != nil {
-		return nil
-	}
-	defer resp.Body.Close()
 	var body struct {
 		Interface string        `json:"interface"`
 		Talkers   []agentTalker `json:"talkers"`
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil || body.Interface != s.env.LabInterface {
+	if err := json.Unmarshal(raw, &body); err != nil || body.Interface != s.env.LabInterface {
 		return nil
 	}
 	m := map[string]agentTalker{}
