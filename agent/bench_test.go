@@ -19,6 +19,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/google/gopacket/layers"
 
+	"github.com/lanmonitor/lanmonitor/bpf"
 	"github.com/lanmonitor/lanmonitor/internal/frames"
 	"github.com/lanmonitor/lanmonitor/internal/lab"
 	"github.com/lanmonitor/lanmonitor/internal/privileged"
@@ -236,6 +237,30 @@ func BenchmarkReadAndRank(b *testing.B) {
 		}
 		for b.Loop() {
 			if ts := topTalkers(all, &m.tracker, m.internal, 10); len(ts) != 10 {
+				b.Fatalf("%d talkers", len(ts))
+			}
+		}
+	})
+	// The periodic report's work after the read: the rates (update, which
+	// sorts the read by address) and the top 10.
+	b.Run("report-rates-and-top10", func(b *testing.B) {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		all, err := m.dp.Talkers()
+		if err != nil {
+			b.Fatal(err)
+		}
+		st, err := m.dp.Stats()
+		if err != nil {
+			b.Fatal(err)
+		}
+		read := make([]bpf.Talker, len(all))
+		now := time.Now()
+		for b.Loop() {
+			copy(read, all) // update sorts in place
+			now = now.Add(time.Second)
+			m.tracker.update(now, read, st, m.internal)
+			if ts := topTalkers(read, &m.tracker, m.internal, 10); len(ts) != 10 {
 				b.Fatalf("%d talkers", len(ts))
 			}
 		}

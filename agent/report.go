@@ -110,7 +110,7 @@ func compareAddr(a, b bpf.Addr) int {
 // no rates for that interval, never negative or huge ones, and the read is
 // the next baseline.
 func (r *rateTracker) update(now time.Time, talkers []bpf.Talker, stats bpf.Stats, internal []netip.Prefix) {
-	slices.SortFunc(talkers, func(a, b bpf.Talker) int { return compareAddr(a.Addr, b.Addr) })
+	r.sortByAddr(talkers)
 	elapsed := now.Sub(r.at)
 	next := make([]trackEntry, len(talkers))
 	var split splitRates
@@ -143,6 +143,47 @@ func (r *rateTracker) update(now time.Time, talkers []bpf.Talker, stats bpf.Stat
 	r.at, r.entries, r.stats, r.started, r.split = now, next, stats, true, split
 }
 
+// sameOrder reports whether talkers are the tracker's entries' sources,
+// in the same order (the slice update was given).
+func (r *rateTracker) sameOrder(talkers []bpf.Talker) bool {
+	if len(talkers) != len(r.entries) {
+		return false
+	}
+	for i := range talkers {
+		if talkers[i].Addr != r.entries[i].addr {
+			return false
+		}
+	}
+	return true
+}
+
+// sortByAddr sorts talkers by address, in place, with sortRankKeys (equal
+// rates and bytes: address order) and the tracker's sort buffers.
+func (r *rateTracker) sortByAddr(talkers []bpf.Talker) {
+	if len(talkers) < 512 {
+		slices.SortFunc(talkers, func(a, b bpf.Talker) int { return compareAddr(a.Addr, b.Addr) })
+		return
+	}
+	keys, tmp := r.buffers(len(talkers))
+	for i := range talkers {
+		keys[i] = newRankKey(0, 0, talkers[i].Addr, i)
+	}
+	sortRankKeysWith(keys, tmp)
+	sorted := make([]bpf.Talker, len(talkers))
+	for n, k := range keys {
+		sorted[n] = talkers[k.i]
+	}
+	copy(talkers, sorted)
+}
+
+// buffers returns the tracker's two sort buffers, n keys long.
+func (r *rateTracker) buffers(n int) (keys, tmp []rankKey) {
+	if cap(r.scratch[0]) < n {
+		r.scratch = [2][]rankKey{make([]rankKey, n), make([]rankKey, n)}
+	}
+	return r.scratch[0][:n], r.scratch[1][:n]
+}
+
 // rateOf is a source's rate over the last interval (zero if unknown).
 // ratesOf returns the rate of each of talkers (index for index): the
 // talkers, put in address order by sortRankKeys, are merged with the
@@ -154,18 +195,23 @@ func (r *rateTracker) ratesOf(talkers []bpf.Talker, scratch []rankKey) []rate {
 	if len(r.entries) == 0 {
 		return rates
 	}
+	if r.sameOrder(talkers) {
+		// The read this tracker was just updated with (update sorted it).
+		for i := range talkers {
+			rates[i] = r.entries[i].rate
+		}
+		return rates
+	}
 	keys := scratch
 	if len(keys) != len(talkers) {
 		// The report's own buffers, kept from one report to the next.
-		if cap(r.scratch[0]) < len(talkers) {
-			r.scratch = [2][]rankKey{make([]rankKey, len(talkers)), make([]rankKey, len(talkers))}
-		}
-		keys = r.scratch[0][:len(talkers)]
+		keys, _ = r.buffers(len(talkers))
 	}
 	for i := range talkers {
 		keys[i] = newRankKey(0, 0, talkers[i].Addr, i) // equal rates and bytes: address order
 	}
-	sortRankKeysWith(keys, r.scratch[1][:min(len(talkers), cap(r.scratch[1]))])
+	_, tmp := r.buffers(len(talkers))
+	sortRankKeysWith(keys, tmp)
 	j := 0
 	for _, k := range keys {
 		a := talkers[k.i].Addr
