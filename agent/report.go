@@ -184,7 +184,6 @@ func (r *rateTracker) buffers(n int) (keys, tmp []rankKey) {
 	return r.scratch[0][:n], r.scratch[1][:n]
 }
 
-// rateOf is a source's rate over the last interval (zero if unknown).
 // ratesOf returns the rate of each of talkers (index for index): the
 // talkers, put in address order by sortRankKeys, are merged with the
 // tracker's entries (address order too) in one linear walk, rather than
@@ -225,6 +224,7 @@ func (r *rateTracker) ratesOf(talkers []bpf.Talker, scratch []rankKey) []rate {
 	return rates
 }
 
+// rateOf is a source's rate over the last interval (zero if unknown).
 func (r *rateTracker) rateOf(a bpf.Addr) rate {
 	i, ok := slices.BinarySearchFunc(r.entries, a, func(e trackEntry, a bpf.Addr) int { return compareAddr(e.addr, a) })
 	if !ok {
