@@ -75,7 +75,8 @@ type rateTracker struct {
 	stats   bpf.Stats
 	total   rate
 	split   splitRates
-	// scratch holds ratesOf's sort buffers between reports.
+	// scratch holds the sort buffers of sortByAddr and ratesOf between
+	// reports (see buffers).
 	scratch [2][]rankKey
 }
 
@@ -187,9 +188,8 @@ func (r *rateTracker) buffers(n int) (keys, tmp []rankKey) {
 // ratesOf returns the rate of each of talkers (index for index): the
 // talkers, put in address order by sortRankKeys, are merged with the
 // tracker's entries (address order too) in one linear walk, rather than
-// searched one by one. scratch, if as long as talkers, is used (and
-// overwritten) for the sort.
-func (r *rateTracker) ratesOf(talkers []bpf.Talker, scratch []rankKey) []rate {
+// searched one by one. The sort uses the tracker's buffers.
+func (r *rateTracker) ratesOf(talkers []bpf.Talker) []rate {
 	rates := make([]rate, len(talkers))
 	if len(r.entries) == 0 {
 		return rates
@@ -201,15 +201,10 @@ func (r *rateTracker) ratesOf(talkers []bpf.Talker, scratch []rankKey) []rate {
 		}
 		return rates
 	}
-	keys := scratch
-	if len(keys) != len(talkers) {
-		// The report's own buffers, kept from one report to the next.
-		keys, _ = r.buffers(len(talkers))
-	}
+	keys, tmp := r.buffers(len(talkers))
 	for i := range talkers {
 		keys[i] = newRankKey(0, 0, talkers[i].Addr, i) // equal rates and bytes: address order
 	}
-	_, tmp := r.buffers(len(talkers))
 	sortRankKeysWith(keys, tmp)
 	j := 0
 	for _, k := range keys {
@@ -260,11 +255,12 @@ func rank(ts []TalkerReport, limit int) []TalkerReport {
 // sorted, and reports are made for the first limit only.
 func rankTalkers(talkers []bpf.Talker, tr *rateTracker, internal []netip.Prefix, limit int) []TalkerReport {
 	keys := make([]rankKey, len(talkers))
-	rates := tr.ratesOf(talkers, keys)
+	rates := tr.ratesOf(talkers)
 	for i, t := range talkers {
 		keys[i] = newRankKey(rates[i].bits, t.Bytes, t.Addr, i)
 	}
-	sortRankKeys(keys)
+	_, tmp := tr.buffers(len(keys))
+	sortRankKeysWith(keys, tmp)
 	if limit <= 0 || limit > len(talkers) {
 		limit = len(talkers)
 	}
@@ -372,7 +368,7 @@ func topTalkers(talkers []bpf.Talker, tr *rateTracker, internal []netip.Prefix, 
 		return rankTalkers(talkers, tr, internal, n)
 	}
 	// A min-heap (by ranking order) of the best n seen so far, by index.
-	rates := tr.ratesOf(talkers, nil)
+	rates := tr.ratesOf(talkers)
 	better := func(i, j int) bool {
 		if rates[i].bits != rates[j].bits {
 			return rates[i].bits > rates[j].bits
