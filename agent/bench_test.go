@@ -183,7 +183,7 @@ func BenchmarkBlocklistSync(b *testing.B) {
 // or changed rule) and deletes.
 func diffSize(m *Manager, t tables) (written, deleted int) {
 	have := map[netip.Prefix]bool{}
-	for _, pr := range m.dp.Prefixes(0) {
+	for _, pr := range m.bpfDatapath().Prefixes(0) {
 		have[pr.Prefix] = true
 		if r, ok := t[0][pr.Prefix]; !ok {
 			deleted++
@@ -208,12 +208,12 @@ func BenchmarkReadAndRank(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer m.Close(true)
-	fillSources(b, m.dp.Program(), 65536)
+	fillSources(b, m.bpfDatapath().Program(), 65536)
 	// Two reads of the counters a second apart, with traffic between, as
 	// the report loop does: every source has a rate to look up and rank.
 	m.mu.Lock()
 	m.tick(time.Now().Add(-time.Second))
-	fillSources(b, m.dp.Program(), 65536)
+	fillSources(b, m.bpfDatapath().Program(), 65536)
 	m.tick(time.Now())
 	m.mu.Unlock()
 	if ts, _ := m.Talkers(1); len(ts) != 1 || ts[0].BitsPerSecond == 0 {

@@ -13,7 +13,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/vishvananda/netlink"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -72,7 +71,7 @@ func RunKubernetes(ctx context.Context, o KubernetesOptions) error {
 		o.Manager.Node = o.NodeName
 	}
 	o.Manager.setDefaults()
-	if err := checkCapabilities(o.Manager.NetNS != ""); err != nil {
+	if err := o.Manager.Kernel.CheckPrivileges(); err != nil {
 		return err
 	}
 	lns, err := o.Serving.bind()
@@ -484,7 +483,7 @@ func (a *nodeAgent) interfaceConfig(is v1alpha1.NodeInterfaceSpec, blocks []Bloc
 	name := is.Interface
 	if name == "" {
 		var err error
-		if name, err = defaultRouteInterface(a.o.Manager.NetNS); err != nil {
+		if name, err = a.o.Manager.Kernel.DefaultRouteInterface(); err != nil {
 			return Config{}, err
 		}
 	}
@@ -499,32 +498,6 @@ func (a *nodeAgent) interfaceConfig(is v1alpha1.NodeInterfaceSpec, blocks []Bloc
 	}
 	cfg.Blocks = blocks
 	return cfg, nil
-}
-
-// defaultRouteInterface names the interface of the default route (IPv4
-// first, then IPv6) in the namespace at nsPath ("" for the agent's own).
-func defaultRouteInterface(nsPath string) (string, error) {
-	ns, err := openNetNS(nsPath)
-	if err != nil {
-		return "", err
-	}
-	defer ns.close()
-	for _, family := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-		routes, err := ns.nl.RouteList(nil, family)
-		if err != nil {
-			return "", fmt.Errorf("list routes: %w", err)
-		}
-		for _, r := range routes {
-			if (r.Dst == nil || isDefault(r.Dst.String())) && r.LinkIndex > 0 {
-				l, err := ns.nl.LinkByIndex(r.LinkIndex)
-				if err != nil {
-					return "", err
-				}
-				return l.Attrs().Name, nil
-			}
-		}
-	}
-	return "", fmt.Errorf("no default route in %s to pick the interface from: set spec.interface", ns)
 }
 
 // report writes the status when it changed: at once when fresh, otherwise

@@ -6,17 +6,12 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"reflect"
 	"slices"
 	"sync"
-	"syscall"
 	"time"
 
-	"github.com/cilium/ebpf/ringbuf"
-	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
-
+	"github.com/lanmonitor/lanmonitor/agent/kernel"
 	"github.com/lanmonitor/lanmonitor/bpf"
 	"github.com/lanmonitor/lanmonitor/internal/sse"
 )
@@ -40,6 +35,10 @@ type Options struct {
 	// Node names this machine in report events: the Kubernetes node
 	// name, or the host name standalone. Default os.Hostname().
 	Node string
+	// Kernel opens the datapath. Default HostKernel with PinRoot, NetNS,
+	// MaxPrefixes and MaxRules; package kernel/fake runs the agent's
+	// logic without root.
+	Kernel kernel.Kernel
 }
 
 func (o *Options) setDefaults() {
@@ -57,6 +56,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.Node == "" {
 		o.Node, _ = os.Hostname()
+	}
+	if o.Kernel == nil {
+		o.Kernel = HostKernel{PinRoot: o.PinRoot, NetNS: o.NetNS, MaxPrefixes: o.MaxPrefixes, MaxRules: o.MaxRules}
 	}
 }
 
@@ -99,20 +101,12 @@ type Report struct {
 // Manager runs lanmonitor's datapath on one interface. Create it with
 // Start, change its configuration with Apply, stop it with Close.
 type Manager struct {
-	opts   Options
-	log    *slog.Logger
-	ns     *netNS
-	pinDir string
+	opts Options
+	log  *slog.Logger
 
 	mu       sync.Mutex
 	cfg      Config
-	dp       *bpf.Datapath
-	att      *attachment
-	promisc  *promiscuity
-	ifindex  int // 0 while the interface is missing
-	ifname   string
-	state    State
-	message  string
+	dp       kernel.Datapath
 	tracker  rateTracker
 	last     Report
 	internal []netip.Prefix
@@ -120,7 +114,6 @@ type Manager struct {
 	// exempted caches each block's protected addresses (by name); it
 	// changes only with the configuration or the automatic addresses.
 	exempted map[string][]string
-	samples  *ringbuf.Reader
 	// events streams every report to dashboard clients and keeps ten
 	// minutes of them.
 	events *sse.Hub
@@ -133,21 +126,17 @@ type Manager struct {
 	// map cannot have changed, and a report reuses it instead of reading
 	// 65,536 entries again (an idle agent costs next to nothing).
 	read talkerRead
-
-	// lock is the pin directory, open and flock'ed while this Manager runs,
-	// so that a second agent cannot adopt the pins of a live one.
-	lock *os.File
+	// closed: Close was called.
+	closed bool
 
 	stop chan struct{}
 	wg   sync.WaitGroup
 }
 
-// Start attaches lanmonitor to cfg.Interface: it loads (or adopts) the
-// pinned maps under <PinRoot>/<interface>/, fills the rule tables, attaches
-// the program through a pinned XDP link (or adopts the link an earlier run
-// pinned, swapping its program atomically), and makes the interface
-// promiscuous if asked. It then follows the interface through netlink and
-// reads counters every cfg.ReportInterval.
+// Start attaches lanmonitor to cfg.Interface through opts.Kernel (the
+// host's by default: see HostKernel.Open), with the rule tables of cfg
+// filled before the program sees a frame, and reads counters every
+// cfg.ReportInterval.
 //
 // Errors: an invalid cfg, an interface that does not exist, missing
 // privileges, another XDP program on the interface (wraps ErrBusy). On error
@@ -159,181 +148,31 @@ func Start(cfg Config, opts Options) (*Manager, error) {
 	if err := cfg.Validate(opts.MaxRules); err != nil {
 		return nil, err
 	}
-	if err := checkCapabilities(opts.NetNS != ""); err != nil {
+	if err := opts.Kernel.CheckPrivileges(); err != nil {
 		return nil, err
-	}
-	ns, err := openNetNS(opts.NetNS)
-	if err != nil {
-		return nil, err
-	}
-	l, err := ns.nl.LinkByName(cfg.Interface)
-	if err != nil {
-		ns.close()
-		if isLinkNotFound(err) {
-			return nil, fmt.Errorf("interface %q not found in %s", cfg.Interface, ns)
-		}
-		return nil, fmt.Errorf("find interface %q: %w", cfg.Interface, err)
 	}
 	m := &Manager{
-		opts: opts, log: opts.Logger.With("interface", cfg.Interface), ns: ns,
-		pinDir: filepath.Join(opts.PinRoot, cfg.Interface),
-		cfg:    cfg, ifindex: l.Attrs().Index, ifname: cfg.Interface, stop: make(chan struct{}),
-		events: newEventHub(),
+		opts: opts, log: opts.Logger.With("interface", cfg.Interface),
+		cfg: cfg, stop: make(chan struct{}), events: newEventHub(),
 	}
-	if err := m.start(l); err != nil {
-		ns.close()
+	dp, err := opts.Kernel.Open(settingsOf(cfg), func(a kernel.Addresses) kernel.Tables {
+		m.setAddresses(a)
+		return m.tables()
+	}, m.log)
+	if err != nil {
 		return nil, err
 	}
-	m.wg.Add(2)
+	m.dp = dp
+	m.readCounters(time.Now())
+	m.wg.Add(1)
 	go m.run()
-	go m.readSamples(m.samples)
 	return m, nil
 }
 
-// start does the work of Start, undoing its own steps on error.
-func (m *Manager) start(l netlink.Link) (err error) {
-	_, statErr := os.Stat(m.pinDir)
-	freshDir := errors.Is(statErr, os.ErrNotExist)
-	_, statErr = os.Stat(m.opts.PinRoot)
-	freshRoot := errors.Is(statErr, os.ErrNotExist)
-	var undo []func()
-	defer func() {
-		if err != nil {
-			for i := len(undo) - 1; i >= 0; i-- {
-				undo[i]()
-			}
-			if freshDir {
-				os.Remove(m.pinDir)
-			}
-			if freshRoot {
-				os.Remove(m.opts.PinRoot)
-			}
-		}
-	}()
-
-	if m.lock, err = lockPinDir(m.pinDir); err != nil {
-		return err
-	}
-	undo = append(undo, func() { m.lock.Close() })
-
-	dp, repin, err := m.loadDatapath(m.cfg.MaxTrackedSources)
-	if err != nil {
-		return err
-	}
-	undo = append(undo, func() {
-		if freshDir {
-			dp.Unpin()
-		}
-		dp.Close()
-	})
-	m.dp = dp
-	m.refreshAuto()
-	if err := m.configureDatapath(dp, l); err != nil {
-		return err
-	}
-
-	att, err := attachXDP(m.ns, m.pinDir, m.ifindex, dp.Program(), m.cfg.XDPMode)
-	if err != nil {
-		return err
-	}
-	if !att.adopted {
-		undo = append(undo, func() { att.detach() })
-	}
-	m.att = att
-	if repin {
-		if err := dp.Pin(m.pinDir); err != nil {
-			return err
-		}
-	}
-
-	p, err := openPromisc(m.ns, m.pinDir)
-	if err != nil {
-		return err
-	}
-	undo = append(undo, func() { p.close(freshDir) })
-	m.promisc = p
-	if m.cfg.Promiscuous {
-		if err := p.ensure(m.ifindex); err != nil {
-			return err
-		}
-		undo = append(undo, func() { p.restore(m.ifindex) })
-	} else if err := p.restore(m.ifindex); err != nil {
-		return err
-	}
-
-	samples, err := ringbuf.NewReader(dp.SamplesMap())
-	if err != nil {
-		return fmt.Errorf("open flow sample ring buffer: %w", err)
-	}
-	m.samples = samples
-	m.state = StateAttached
-	m.message = att.reason
-	m.log.Info("attached", "ifindex", m.ifindex, "xdpMode", att.mode, "reason", att.reason, "adopted", att.adopted,
-		"programID", xdpProgramID(m.ns, m.ifindex), "promiscuous", m.cfg.Promiscuous)
-	m.readCounters(time.Now())
-	return nil
-}
-
-// lockPinDir creates the pin directory if needed and takes an exclusive
-// flock on it (released when the process ends, even by kill -9). A
-// directory locked by another process means another agent manages the
-// interface. Errors: that, or the directory cannot be made (no bpffs, no
-// permission).
-func lockPinDir(dir string) (*os.File, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("create pin directory: %w", err)
-	}
-	f, err := os.Open(dir)
-	if err != nil {
-		return nil, fmt.Errorf("open pin directory: %w", err)
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("pin directory %s is locked: another lanmonitor agent manages this interface", dir)
-		}
-		return nil, fmt.Errorf("lock pin directory %s: %w", dir, err)
-	}
-	return f, nil
-}
-
-// loadDatapath loads the program with maps pinned in the pin directory.
-// Pinned maps that no longer fit (another capacity, another layout) are
-// replaced by new ones, their contents carried over where the layouts
-// allow (bpf.Datapath.Replaced, CarriedOver), and it reports repin: the
-// caller fills the new maps, moves the link to the new program, then pins
-// them, so enforcement never lapses.
-func (m *Manager) loadDatapath(capacity uint32) (*bpf.Datapath, bool, error) {
-	cfg := bpf.Config{MaxTrackedSources: capacity, MaxPrefixes: m.opts.MaxPrefixes, MaxRules: m.opts.MaxRules, PinPath: m.pinDir}
-	dp, err := bpf.Load(cfg)
-	if err == nil && len(dp.Replaced()) > 0 {
-		m.log.Warn("pinned maps do not match this agent; replacing them", "replaced", dp.Replaced(), "carriedOver", dp.CarriedOver())
-		return dp, true, nil
-	}
-	if errors.Is(err, bpf.ErrIncompatiblePins) {
-		m.log.Warn("pinned maps do not match the configuration; starting with new maps (counters restart)", "error", err)
-		cfg.PinPath = ""
-		dp, err = bpf.Load(cfg)
-		return dp, true, err
-	}
-	return dp, false, err
-}
-
-// configureDatapath writes the interface MAC, the sampling rate and the rule
-// tables into dp.
-func (m *Manager) configureDatapath(dp *bpf.Datapath, l netlink.Link) error {
-	if mac := l.Attrs().HardwareAddr; len(mac) == 6 {
-		if err := dp.SetInterfaceMAC(mac); err != nil {
-			return err
-		}
-	}
-	if err := dp.SetSampleRate(m.cfg.FlowSampling); err != nil {
-		return err
-	}
-	if err := dp.SetPromiscuous(m.cfg.Promiscuous); err != nil {
-		return err
-	}
-	return m.syncRules(dp)
+// settingsOf is the part of cfg the datapath is opened with.
+func settingsOf(cfg Config) kernel.Settings {
+	return kernel.Settings{Interface: cfg.Interface, XDPMode: cfg.XDPMode, Promiscuous: cfg.Promiscuous,
+		FlowSampling: cfg.FlowSampling, MaxTrackedSources: cfg.MaxTrackedSources}
 }
 
 // protected is every prefix the lockout guard keeps: configured ones plus
@@ -342,14 +181,21 @@ func (m *Manager) protected() []netip.Prefix {
 	return append(slices.Clone(m.cfg.ProtectedCIDRs), m.auto...)
 }
 
-// syncRules makes dp's tables match the configuration, touching only what
-// changed, all tables at one instant (bpf.Datapath.SyncTables).
-func (m *Manager) syncRules(dp *bpf.Datapath) error {
+// tables builds the rule tables of the configuration, logging each prefix
+// that two blocks list. Called with m.mu held (or before Start returns).
+func (m *Manager) tables() kernel.Tables {
 	t, lost := buildTables(m.cfg.Blocks, m.protected())
 	for _, s := range lost {
 		m.log.Warn("prefix listed by two blocks; the other one applies", "block", s.Block, "prefix", s.Prefix, "appliedBlock", s.Winner)
 	}
-	w, d, err := dp.SyncTables(t)
+	return t
+}
+
+// syncRules makes the datapath's tables match the configuration, touching
+// only what changed, all tables at one instant. Called with m.mu held.
+func (m *Manager) syncRules() error {
+	t := m.tables()
+	w, d, err := m.dp.SyncTables(t)
 	if err != nil {
 		return err
 	}
@@ -360,27 +206,15 @@ func (m *Manager) syncRules(dp *bpf.Datapath) error {
 	return nil
 }
 
-// refreshAuto recomputes the automatic protected prefixes (every address
-// of the namespace and its default gateways) and the default internal CIDRs
-// (the interface's connected subnets). It reports whether the protected set
-// changed.
-func (m *Manager) refreshAuto() bool {
-	var auto []netip.Prefix
-	if addrs, err := m.ns.nl.AddrList(nil, netlink.FAMILY_ALL); err == nil {
-		for _, a := range addrs {
-			if ip, ok := netip.AddrFromSlice(a.IP); ok {
-				ip = ip.Unmap()
-				auto = append(auto, netip.PrefixFrom(ip, ip.BitLen()))
-			}
-		}
-	}
-	if routes, err := m.ns.nl.RouteList(nil, netlink.FAMILY_ALL); err == nil {
-		for _, r := range routes {
-			if ip, ok := netip.AddrFromSlice(r.Gw); ok && (r.Dst == nil || isDefault(r.Dst.String())) {
-				ip = ip.Unmap()
-				auto = append(auto, netip.PrefixFrom(ip, ip.BitLen()))
-			}
-		}
+// setAddresses takes the namespace's addresses: the automatic protected
+// prefixes (every address of the namespace and its default gateways) and
+// the default internal CIDRs (the interface's connected subnets). It
+// reports whether the protected set changed.
+func (m *Manager) setAddresses(a kernel.Addresses) bool {
+	auto := make([]netip.Prefix, 0, len(a.Local)+len(a.Gateways))
+	for _, ip := range slices.Concat(a.Local, a.Gateways) {
+		ip = ip.Unmap()
+		auto = append(auto, netip.PrefixFrom(ip, ip.BitLen()))
 	}
 	slices.SortFunc(auto, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
 	auto = slices.Compact(auto)
@@ -389,47 +223,16 @@ func (m *Manager) refreshAuto() bool {
 	if changed {
 		m.exempted = nil
 	}
-
 	m.internal = m.cfg.InternalCIDRs
-	if len(m.internal) == 0 && m.ifindex != 0 {
-		if l, err := m.ns.nl.LinkByIndex(m.ifindex); err == nil {
-			if addrs, err := m.ns.nl.AddrList(l, netlink.FAMILY_ALL); err == nil {
-				var connected []netip.Prefix
-				for _, a := range addrs {
-					if ip, ok := netip.AddrFromSlice(a.IP); ok && a.IPNet != nil {
-						ones, _ := a.Mask.Size()
-						connected = append(connected, netip.PrefixFrom(ip.Unmap(), ones).Masked())
-					}
-				}
-				m.internal = connected
-			}
-		}
+	if len(m.internal) == 0 {
+		m.internal = a.Connected
 	}
 	return changed
 }
 
-func isDefault(dst string) bool { return dst == "0.0.0.0/0" || dst == "::/0" }
-
-// run is the Manager's loop: counters every report interval, interface
-// events as they come.
+// run is the Manager's loop: counters every report interval.
 func (m *Manager) run() {
 	defer m.wg.Done()
-	updates := make(chan netlink.LinkUpdate, 64)
-	done := make(chan struct{})
-	defer close(done)
-	err := netlink.LinkSubscribeWithOptions(updates, done, netlink.LinkSubscribeOptions{
-		Namespace: &m.ns.handle,
-		ErrorCallback: func(err error) {
-			select {
-			case <-m.stop: // the socket closes on the way out
-			default:
-				m.log.Error("netlink subscription", "error", err)
-			}
-		},
-	})
-	if err != nil {
-		m.log.Error("netlink subscription failed; interface changes will be seen only at each report", "error", err)
-	}
 	m.mu.Lock()
 	interval := m.cfg.ReportInterval
 	m.mu.Unlock()
@@ -447,14 +250,6 @@ func (m *Manager) run() {
 				ticker.Reset(interval)
 			}
 			m.mu.Unlock()
-		case u, ok := <-updates:
-			if !ok {
-				updates = nil
-				continue
-			}
-			m.mu.Lock()
-			m.onLink(u)
-			m.mu.Unlock()
 		}
 	}
 }
@@ -462,67 +257,13 @@ func (m *Manager) run() {
 // tick reads the counters, and repairs what events may have missed.
 // Called with m.mu held.
 func (m *Manager) tick(now time.Time) {
-	if m.refreshAuto() {
-		if err := m.syncRules(m.dp); err != nil {
+	m.dp.Refresh()
+	if m.setAddresses(m.dp.Addresses()) {
+		if err := m.syncRules(); err != nil {
 			m.log.Error("sync protected addresses", "error", err)
 		}
 	}
-	if m.ifindex == 0 {
-		// A missed RTM_NEWLINK: look for the interface by name.
-		if l, err := m.ns.nl.LinkByName(m.cfg.Interface); err == nil {
-			m.reattach(l)
-		}
-	}
 	m.readCounters(now)
-}
-
-// onLink follows the interface: deleted, recreated (new ifindex), renamed.
-// Called with m.mu held.
-func (m *Manager) onLink(u netlink.LinkUpdate) {
-	attrs := u.Attrs()
-	m.log.Debug("link event", "type", u.Header.Type, "ifindex", u.Index, "name", attrs.Name)
-	switch {
-	case u.Header.Type == unix.RTM_DELLINK && int(u.Index) == m.ifindex:
-		m.log.Warn("interface deleted", "ifindex", m.ifindex)
-		if m.att != nil {
-			// The kernel already detached the program; drop the
-			// defunct link and its pin.
-			m.att.detach()
-			m.att = nil
-		}
-		m.ifindex = 0
-		m.state, m.message = StateNotAttached, fmt.Sprintf("interface %s was deleted; waiting for it to come back", m.ifname)
-	case u.Header.Type == unix.RTM_NEWLINK && int(u.Index) == m.ifindex && attrs.Name != m.ifname:
-		m.log.Info("interface renamed", "from", m.ifname, "to", attrs.Name)
-		m.ifname = attrs.Name
-	case u.Header.Type == unix.RTM_NEWLINK && m.ifindex == 0 && attrs.Name == m.cfg.Interface:
-		m.reattach(u.Link)
-	}
-}
-
-// reattach attaches to a recreated interface and re-applies its MAC and
-// promiscuity. Called with m.mu held.
-func (m *Manager) reattach(l netlink.Link) {
-	ifindex := l.Attrs().Index
-	att, err := attachXDP(m.ns, m.pinDir, ifindex, m.dp.Program(), m.cfg.XDPMode)
-	if err != nil {
-		m.message = fmt.Sprintf("re-attach to %s (ifindex %d): %v", l.Attrs().Name, ifindex, err)
-		m.log.Error("re-attach", "ifindex", ifindex, "error", err)
-		return
-	}
-	m.att, m.ifindex, m.ifname = att, ifindex, l.Attrs().Name
-	if mac := l.Attrs().HardwareAddr; len(mac) == 6 {
-		if err := m.dp.SetInterfaceMAC(mac); err != nil {
-			m.log.Error("set interface mac", "error", err)
-		}
-	}
-	if m.cfg.Promiscuous {
-		if err := m.promisc.ensure(ifindex); err != nil {
-			m.log.Error("promiscuous mode", "error", err)
-		}
-	}
-	m.state, m.message = StateAttached, att.reason
-	m.log.Info("re-attached", "ifindex", ifindex, "xdpMode", att.mode)
 }
 
 // readCounters takes a report. Called with m.mu held.
@@ -538,12 +279,12 @@ func (m *Manager) readCounters(now time.Time) {
 		return
 	}
 	talkers := m.read.talkers
-	if !m.read.reusable(m.dp, stats) {
+	if !m.read.reusable(stats) {
 		// Stable counters since the last report mean the map is quiet; a
 		// read then is complete (no frame half-counted: XDP adds to the
 		// frame counter before the talker's entry), and later reports
 		// reuse it while the counters stay put.
-		settled := m.read.same(m.dp, stats)
+		settled := m.read.same(stats)
 		if talkers, err = m.dp.Talkers(); err != nil {
 			m.log.Error("read talkers", "error", err)
 			return
@@ -554,27 +295,23 @@ func (m *Manager) readCounters(now time.Time) {
 			m.log.Error("read counters", "error", err)
 			return
 		}
-		m.read = talkerRead{dp: m.dp, talkers: talkers, packets: before.Packets, inserts: before.TalkerInserts,
+		m.read = talkerRead{talkers: talkers, packets: before.Packets, inserts: before.TalkerInserts,
 			settled: settled && stats.Packets == before.Packets && stats.TalkerInserts == before.TalkerInserts}
 	}
 	m.tracker.update(now, talkers, stats, m.internal)
+	l := m.dp.Link()
+	state, msg := linkState(l)
 	r := Report{
-		Interface: m.ifname, Ifindex: m.ifindex, State: m.state, Message: m.message,
+		Interface: l.Name, Ifindex: l.Ifindex, State: state, Message: msg,
+		XDPMode: l.XDPMode, XDPModeReason: l.XDPModeReason, ProgramID: l.ProgramID, Promiscuous: l.Promiscuous,
 		Time: now, Stats: stats,
 		BitsPerSecond: m.tracker.total.bits, PacketsPerSecond: m.tracker.total.packets,
 		TopTalkers:             topTalkers(talkers, &m.tracker, m.internal, m.cfg.TopN),
 		TrackedSources:         len(talkers),
-		TrackedSourcesCapacity: int(m.dp.Config().MaxTrackedSources),
+		TrackedSourcesCapacity: m.dp.Capacity(),
 	}
 	if n := uint64(len(talkers)); stats.TalkerInserts > n {
 		r.Evictions = stats.TalkerInserts - n
-	}
-	if m.att != nil {
-		r.XDPMode, r.XDPModeReason = m.att.mode, m.att.reason
-		r.ProgramID = xdpProgramID(m.ns, m.ifindex)
-	}
-	if m.ifindex != 0 {
-		r.Promiscuous, _ = m.promisc.flag(m.ifindex)
 	}
 	r.Rules, err = m.ruleReports()
 	if err != nil {
@@ -588,9 +325,17 @@ func (m *Manager) readCounters(now time.Time) {
 	}
 }
 
-// talkerRead is one read of a datapath's talker map.
+// linkState is the Manager's state on interface l, and why.
+func linkState(l kernel.Link) (State, string) {
+	if l.Attached {
+		return StateAttached, l.Message
+	}
+	return StateNotAttached, l.Message
+}
+
+// talkerRead is one read of the datapath's talker map (reset when the map
+// is rebuilt).
 type talkerRead struct {
-	dp      *bpf.Datapath
 	talkers []bpf.Talker
 	// packets and inserts are the global counters read just before the
 	// map: every counted frame adds to packets, every new source to
@@ -601,16 +346,16 @@ type talkerRead struct {
 	settled bool
 }
 
-// same reports whether counters stats are those the read was keyed by,
-// on the same maps: no frame since.
-func (r *talkerRead) same(dp *bpf.Datapath, stats bpf.Stats) bool {
-	return r.dp == dp && r.talkers != nil && stats.Packets == r.packets && stats.TalkerInserts == r.inserts
+// same reports whether counters stats are those the read was keyed by: no
+// frame since.
+func (r *talkerRead) same(stats bpf.Stats) bool {
+	return r.talkers != nil && stats.Packets == r.packets && stats.TalkerInserts == r.inserts
 }
 
 // reusable reports whether a report may use the read instead of reading
 // the map: settled, and no frame since.
-func (r *talkerRead) reusable(dp *bpf.Datapath, stats bpf.Stats) bool {
-	return r.settled && r.same(dp, stats)
+func (r *talkerRead) reusable(stats bpf.Stats) bool {
+	return r.settled && r.same(stats)
 }
 
 // Events is the stream and ten-minute history of this interface's
@@ -664,20 +409,18 @@ func (m *Manager) ReportTiming() (reports uint64, total time.Duration) {
 func (m *Manager) Attachment() (ifname string, mode XDPMode, promiscuous bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.att != nil {
-		mode = m.att.mode
-	}
-	if m.ifindex != 0 {
-		promiscuous, _ = m.promisc.flag(m.ifindex)
-	}
-	return m.ifname, mode, promiscuous
+	l := m.dp.Link()
+	return l.Name, l.XDPMode, l.Promiscuous
 }
 
 // State returns what the interface is doing now, and why.
 func (m *Manager) State() (State, string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.state, m.message
+	if m.closed {
+		return StateStopped, ""
+	}
+	return linkState(m.dp.Link())
 }
 
 // Config returns the configuration in force.
@@ -712,7 +455,7 @@ func (m *Manager) Stats() (bpf.Stats, int, int, error) {
 	if err != nil {
 		return st, 0, 0, err
 	}
-	return st, len(ts), int(m.dp.Config().MaxTrackedSources), nil
+	return st, len(ts), m.dp.Capacity(), nil
 }
 
 // Rules reads the blocks' counters now.
@@ -754,90 +497,24 @@ func (m *Manager) Apply(cfg Config) error {
 	m.exempted = nil
 	if err := m.apply(prev); err != nil {
 		m.cfg = prev
-		if serr := m.syncRules(m.dp); serr != nil {
+		if serr := m.syncRules(); serr != nil {
 			err = errors.Join(err, fmt.Errorf("restore previous rules: %w", serr))
 		}
 		return err
 	}
-	m.refreshAuto()
+	m.setAddresses(m.dp.Addresses())
 	return nil
 }
 
 // apply moves the datapath from prev to m.cfg. Called with m.mu held.
 func (m *Manager) apply(prev Config) error {
+	if err := m.dp.Reconfigure(settingsOf(m.cfg), m.tables()); err != nil {
+		return err
+	}
 	if m.cfg.MaxTrackedSources != prev.MaxTrackedSources {
-		if err := m.rebuild(); err != nil {
-			return err
-		}
+		// A new talker map: counters of the old one are gone.
+		m.tracker, m.read = rateTracker{}, talkerRead{}
 	}
-	if err := m.dp.SetSampleRate(m.cfg.FlowSampling); err != nil {
-		return err
-	}
-	if err := m.syncRules(m.dp); err != nil {
-		return err
-	}
-	if m.cfg.XDPMode != prev.XDPMode && m.att != nil {
-		if err := m.att.detach(); err != nil {
-			return err
-		}
-		att, err := attachXDP(m.ns, m.pinDir, m.ifindex, m.dp.Program(), m.cfg.XDPMode)
-		if err != nil {
-			m.att = nil
-			m.state, m.message = StateNotAttached, err.Error()
-			return err
-		}
-		m.att, m.message = att, att.reason
-	}
-	if err := m.dp.SetPromiscuous(m.cfg.Promiscuous); err != nil {
-		return err
-	}
-	if m.cfg.Promiscuous != prev.Promiscuous && m.ifindex != 0 {
-		if m.cfg.Promiscuous {
-			return m.promisc.ensure(m.ifindex)
-		}
-		return m.promisc.restore(m.ifindex)
-	}
-	return nil
-}
-
-// rebuild replaces the talker map by one of the configured capacity: a new
-// program adopts the other pinned maps (rules and counters continue) and
-// gets the tracked sources copied over, then takes over the link
-// atomically, then its talker map replaces the old pin. Called with m.mu
-// held.
-func (m *Manager) rebuild() error {
-	cfg := m.dp.Config()
-	cfg.MaxTrackedSources = m.cfg.MaxTrackedSources
-	dp, err := bpf.Load(cfg)
-	if err != nil {
-		return err
-	}
-	l, err := m.ns.nl.LinkByIndex(m.ifindex)
-	if err == nil {
-		err = m.configureDatapath(dp, l)
-	}
-	if err == nil && m.att != nil {
-		err = m.att.link.Update(dp.Program())
-	}
-	if err == nil {
-		err = dp.Pin(m.pinDir)
-	}
-	if err != nil {
-		dp.Close()
-		return fmt.Errorf("rebuild maps for %d sources: %w", m.cfg.MaxTrackedSources, err)
-	}
-	old := m.dp
-	m.dp = dp
-	m.tracker = rateTracker{}
-	samples, serr := ringbuf.NewReader(dp.SamplesMap())
-	if serr == nil {
-		m.samples.Close()
-		m.samples = samples
-		m.wg.Add(1)
-		go m.readSamples(samples)
-	}
-	old.Close()
-	m.log.Info("maps rebuilt", "maxTrackedSources", m.cfg.MaxTrackedSources)
 	return nil
 }
 
@@ -849,35 +526,9 @@ func (m *Manager) rebuild() error {
 func (m *Manager) Close(cleanup bool) error {
 	close(m.stop)
 	m.events.Close()
-	m.mu.Lock()
-	m.samples.Close()
-	m.mu.Unlock()
 	m.wg.Wait()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	var err error
-	if cleanup {
-		if m.ifindex != 0 {
-			err = errors.Join(err, m.promisc.restore(m.ifindex))
-		}
-		if m.att != nil {
-			err = errors.Join(err, m.att.detach())
-		}
-		err = errors.Join(err, m.promisc.close(true), m.dp.Unpin(), m.dp.Close())
-		if rmErr := os.Remove(m.pinDir); rmErr != nil && !errors.Is(rmErr, os.ErrNotExist) {
-			err = errors.Join(err, fmt.Errorf("remove pin directory: %w", rmErr))
-		}
-		if rmErr := os.Remove(m.opts.PinRoot); rmErr != nil && !errors.Is(rmErr, os.ErrNotExist) && !errors.Is(rmErr, syscall.ENOTEMPTY) {
-			err = errors.Join(err, fmt.Errorf("remove pin root: %w", rmErr))
-		}
-	} else {
-		if m.att != nil {
-			err = errors.Join(err, m.att.link.Close())
-		}
-		err = errors.Join(err, m.promisc.close(false), m.dp.Close())
-	}
-	m.ns.close()
-	m.lock.Close()
-	m.state = StateStopped
-	return err
+	m.closed = true
+	return m.dp.Close(cleanup)
 }

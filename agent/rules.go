@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 
+	"github.com/lanmonitor/lanmonitor/agent/kernel"
 	"github.com/lanmonitor/lanmonitor/bpf"
 	"github.com/lanmonitor/lanmonitor/internal/prefixes"
 )
@@ -13,7 +14,7 @@ import (
 const maxExemptedPerBlock = 16
 
 // tables is the content of the three rule tables.
-type tables map[bpf.Table]map[netip.Prefix]bpf.Rule
+type tables = kernel.Tables
 
 // shadowed is a block prefix that another block's entry for the same prefix
 // and table won over.

@@ -12,22 +12,22 @@ import (
 
 // readSamples logs every flow sample of the ring buffer as one structured
 // line until the reader is closed.
-func (m *Manager) readSamples(r *ringbuf.Reader) {
-	defer m.wg.Done()
+func (d *hostDatapath) readSamples(r *ringbuf.Reader) {
+	defer d.wg.Done()
 	var rec ringbuf.Record
 	for {
 		if err := r.ReadInto(&rec); err != nil {
 			if !errors.Is(err, ringbuf.ErrClosed) {
-				m.log.Error("read flow sample", "error", err)
+				d.log.Error("read flow sample", "error", err)
 			}
 			return
 		}
 		s, err := bpf.ReadSample(rec.RawSample)
 		if err != nil {
-			m.log.Error("decode flow sample", "error", err)
+			d.log.Error("decode flow sample", "error", err)
 			continue
 		}
-		m.log.LogAttrs(context.Background(), slog.LevelInfo, "flow sample", sampleAttrs(s)...)
+		d.log.LogAttrs(context.Background(), slog.LevelInfo, "flow sample", sampleAttrs(s)...)
 	}
 }
 
