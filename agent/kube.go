@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"slices"
 	"sort"
 	"strings"
@@ -48,8 +49,14 @@ type KubernetesOptions struct {
 	// adopt, so a pod restart or an upgrade never stops enforcement; the
 	// interfaces are released when the LanMonitorNode stops naming them.
 	CleanupOnExit bool
-	// Manager options (pin root, network namespace, map sizes, logger).
+	// Manager options (pin root, network namespace, map sizes, logger,
+	// the kernel).
 	Manager Options
+	// HTTPClient and Mapper, when set, are shared with other agents of the
+	// same process instead of each opening its own (many simulated nodes
+	// in one benchmark); nil means the agent's own, from RESTConfig.
+	HTTPClient *http.Client
+	Mapper     meta.RESTMapper
 }
 
 // retryEvery is how often a failed interface is tried again.
@@ -74,46 +81,51 @@ func RunKubernetes(ctx context.Context, o KubernetesOptions) error {
 	if err := o.Manager.Kernel.CheckPrivileges(); err != nil {
 		return err
 	}
-	lns, err := o.Serving.bind()
-	if err != nil {
-		return err
-	}
-	defer func() {
-		for _, ln := range lns {
-			ln.Close()
-		}
-	}()
-	guard, err := o.Serving.kubernetesGuard(o.RESTConfig, o.NodeName, o.Manager.Logger)
-	if err != nil {
-		return err
-	}
-
 	scheme := runtime.NewScheme()
 	if err := v1alpha1.AddToScheme(scheme); err != nil {
 		return err
 	}
 	a := &nodeAgent{o: o, log: o.Manager.Logger.With("node", o.NodeName), clock: clock.RealClock{},
 		managers: map[string]*Manager{}, failures: map[string]string{}, wake: make(chan struct{}, 1)}
-	// Served from the start: /healthz answers while the agent waits for the
-	// API server (a liveness probe does not restart it), /readyz is 503
-	// until the first sync, the API lists no interface until then.
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(NewCollector(a.list), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	srv, err := o.Serving.start(ctx, a.log, lns, NewHandler(a.list, reg, a.ready), guard, o.NodeName)
-	if err != nil {
-		return err
+	if !o.Serving.Disabled {
+		lns, err := o.Serving.bind()
+		if err != nil {
+			return err
+		}
+		defer func() {
+			for _, ln := range lns {
+				ln.Close()
+			}
+		}()
+		guard, err := o.Serving.kubernetesGuard(o.RESTConfig, o.NodeName, o.Manager.Logger)
+		if err != nil {
+			return err
+		}
+		// Served from the start: /healthz answers while the agent waits
+		// for the API server (a liveness probe does not restart it),
+		// /readyz is 503 until the first sync, the API lists no
+		// interface until then.
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(NewCollector(a.list), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		srv, err := o.Serving.start(ctx, a.log, lns, NewHandler(a.list, reg, a.ready), guard, o.NodeName)
+		if err != nil {
+			return err
+		}
+		defer srv.shutdown()
+		a.log.Info("kubernetes agent running", "listen", lns[0].Addr().String(), "scheme", srv.scheme())
 	}
-	defer srv.shutdown()
-	a.log.Info("kubernetes agent running", "listen", lns[0].Addr().String(), "scheme", srv.scheme())
 
 	// cache.New asks the API server for its resources. An agent started
 	// during an API server outage waits for it rather than exit: nothing is
 	// attached, replaced or unpinned before the first sync, so the pinned
 	// datapath goes on enforcing what it did.
-	var c cache.Cache
+	var (
+		c   cache.Cache
+		err error
+	)
 	for backoff := 500 * time.Millisecond; ; backoff = min(2*backoff, retryEvery) {
 		c, err = cache.New(o.RESTConfig, cache.Options{
-			Scheme: scheme,
+			Scheme: scheme, HTTPClient: o.HTTPClient, Mapper: o.Mapper,
 			ByObject: map[client.Object]cache.ByObject{
 				&v1alpha1.LanMonitorNode{}: {Field: fields.OneTermEqualSelector("metadata.name", o.NodeName)},
 			},
@@ -128,7 +140,7 @@ func RunKubernetes(ctx context.Context, o KubernetesOptions) error {
 		case <-time.After(backoff):
 		}
 	}
-	cl, err := client.New(o.RESTConfig, client.Options{Scheme: scheme})
+	cl, err := client.New(o.RESTConfig, client.Options{Scheme: scheme, HTTPClient: o.HTTPClient, Mapper: o.Mapper})
 	if err != nil {
 		return fmt.Errorf("client: %w", err)
 	}

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"k8s.io/utils/clock"
+
 	"github.com/lanmonitor/lanmonitor/agent/kernel"
 	"github.com/lanmonitor/lanmonitor/bpf"
 	"github.com/lanmonitor/lanmonitor/internal/sse"
@@ -39,6 +41,10 @@ type Options struct {
 	// MaxPrefixes and MaxRules; package kernel/fake runs the agent's
 	// logic without root.
 	Kernel kernel.Kernel
+	// Clock times the reports (their ticker and the time rates are
+	// computed over). Default the real clock; a fake one
+	// (k8s.io/utils/clock/testing) makes rates exact in tests.
+	Clock clock.WithTicker
 }
 
 func (o *Options) setDefaults() {
@@ -56,6 +62,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.Node == "" {
 		o.Node, _ = os.Hostname()
+	}
+	if o.Clock == nil {
+		o.Clock = clock.RealClock{}
 	}
 	if o.Kernel == nil {
 		o.Kernel = HostKernel{PinRoot: o.PinRoot, NetNS: o.NetNS, MaxPrefixes: o.MaxPrefixes, MaxRules: o.MaxRules}
@@ -163,7 +172,7 @@ func Start(cfg Config, opts Options) (*Manager, error) {
 		return nil, err
 	}
 	m.dp = dp
-	m.readCounters(time.Now())
+	m.readCounters(m.opts.Clock.Now())
 	m.wg.Add(1)
 	go m.run()
 	return m, nil
@@ -236,18 +245,19 @@ func (m *Manager) run() {
 	m.mu.Lock()
 	interval := m.cfg.ReportInterval
 	m.mu.Unlock()
-	ticker := time.NewTicker(interval)
-	defer ticker.Stop()
+	ticker := m.opts.Clock.NewTicker(interval)
+	defer func() { ticker.Stop() }()
 	for {
 		select {
 		case <-m.stop:
 			return
-		case now := <-ticker.C:
+		case now := <-ticker.C():
 			m.mu.Lock()
 			m.tick(now)
 			if m.cfg.ReportInterval != interval {
 				interval = m.cfg.ReportInterval
-				ticker.Reset(interval)
+				ticker.Stop()
+				ticker = m.opts.Clock.NewTicker(interval)
 			}
 			m.mu.Unlock()
 		}
@@ -522,8 +532,14 @@ func (m *Manager) apply(prev Config) error {
 // every pin and restores promiscuity: the interface is left as it was found.
 // Without cleanup it only releases its file descriptors: the pinned link
 // keeps the program attached and counting, for the next agent to adopt.
-// Returns every error met, joined.
+// Returns every error met, joined; closing again does nothing.
 func (m *Manager) Close(cleanup bool) error {
+	m.mu.Lock()
+	closed := m.closed
+	m.mu.Unlock()
+	if closed {
+		return nil
+	}
 	close(m.stop)
 	m.events.Close()
 	m.wg.Wait()

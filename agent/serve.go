@@ -29,6 +29,9 @@ type Serving struct {
 	TokenFile string
 	// Insecure serves plain HTTP without authentication, on any address.
 	Insecure bool
+	// Disabled serves nothing: the agent's logic alone (Kubernetes mode
+	// on kernel/fake, in tests and benchmarks of many nodes).
+	Disabled bool
 }
 
 // publicPaths are served without credentials: the probes say ok or why

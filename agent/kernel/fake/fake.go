@@ -211,8 +211,8 @@ type Frame struct {
 	Snooped bool
 }
 
-// Receive counts f as the XDP program would, and returns how many of its
-// frames were dropped. Frames for another host on a non-promiscuous
+// Receive counts f as the XDP program (bpf/lanmonitor.c) would, and
+// returns how many of its frames were dropped. Frames for another host on a non-promiscuous
 // interface are only counted as FilteredSnooped.
 func (d *Datapath) Receive(f Frame) (dropped uint64) {
 	d.mu.Lock()
@@ -250,35 +250,45 @@ func (d *Datapath) Receive(f Frame) (dropped uint64) {
 	t.LocalPackets += local
 	t.SnoopedPackets += snooped
 
-	rule, ok := lookup(d.tables[bpf.TableSource], src)
-	if !ok {
-		rule, ok = lookup(d.tables[bpf.TableDestination], dst)
+	// As lanmonitor.c: source, then (if passed) destination, longest
+	// prefix wins; a Both rule matching both counts once.
+	var ruleID uint32
+	drop := false
+	if r, ok := lookup(d.tables[bpf.TableSource], src); ok {
+		ruleID = r.ID
+		drop = d.applyRule(r, src, f)
 	}
-	if !ok {
-		d.stats.Passed += f.Packets
-		return 0
+	if r, ok := lookup(d.tables[bpf.TableDestination], dst); !drop && ok && r.ID != ruleID {
+		drop = d.applyRule(r, dst, f)
 	}
-	c := d.counters[rule.ID]
-	if c == nil {
-		c = &bpf.RuleCounters{}
-		d.counters[rule.ID] = c
-	}
-	c.Matched += f.Packets
-	_, srcProtected := lookup(d.tables[bpf.TableProtected], src)
-	_, dstProtected := lookup(d.tables[bpf.TableProtected], dst)
-	switch {
-	case srcProtected || dstProtected:
-		c.Exempted += f.Packets
-		d.stats.Exempted += f.Packets
-		d.stats.Passed += f.Packets
-	case rule.Mode == bpf.ModeAudit:
-		d.stats.Passed += f.Packets
-	default:
-		c.Dropped += f.Packets
+	if drop {
 		d.stats.Dropped += f.Packets
 		return f.Packets
 	}
+	d.stats.Passed += f.Packets
 	return 0
+}
+
+// applyRule counts a match of addr against r and reports whether f is
+// dropped: a protected addr is exempted, an Enforce rule drops frames for
+// this interface (snooped ones are only counted). Called with d.mu held.
+func (d *Datapath) applyRule(r bpf.Rule, addr netip.Addr, f Frame) bool {
+	c := d.counters[r.ID]
+	if c == nil {
+		c = &bpf.RuleCounters{}
+		d.counters[r.ID] = c
+	}
+	c.Matched += f.Packets
+	if _, ok := lookup(d.tables[bpf.TableProtected], addr); ok {
+		c.Exempted += f.Packets
+		d.stats.Exempted += f.Packets
+		return false
+	}
+	if r.Mode == bpf.ModeEnforce && !f.Snooped {
+		c.Dropped += f.Packets
+		return true
+	}
+	return false
 }
 
 // lookup is the longest-prefix match of a in t.
