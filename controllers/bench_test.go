@@ -4,23 +4,25 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"slices"
 	"sync"
 	"testing"
 	"time"
 
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	lanmonitorv1alpha1 "github.com/lanmonitor/lanmonitor/api/v1alpha1"
-	"github.com/lanmonitor/lanmonitor/controllers/internal/fakeagent"
+	"github.com/lanmonitor/lanmonitor/agent/kernel"
+	"github.com/lanmonitor/lanmonitor/agent/kernel/fake"
+	"github.com/lanmonitor/lanmonitor/bpf"
 )
 
-// BenchmarkController measures the controller with simulated agents on the
-// real API server (run with e.g. -bench=Controller -benchtime=20x):
+// BenchmarkController measures the controller with real agents
+// (agent.RunKubernetes on kernel/fake) on the real API server (run with e.g.
+// -bench=Controller -benchtime=20x):
 //
-//   - IPBlockPropagation: time from creating an IPBlock until every node's
-//     LanMonitorNode status reports it applied, 100 nodes reporting the
-//     default top 10 talkers (p50-ms, p99-ms over b.N blocks).
+//   - IPBlockPropagation: time from creating an IPBlock until its prefix is
+//     in every node's maps (the fake datapath's rule tables), 100 nodes
+//     each tracking 100 talkers (p50-ms, p99-ms over b.N blocks).
 //   - WritesPerInterval: API writes per node per report interval while every
 //     agent's counters change continuously, 100 nodes, 1s interval.
 //   - StatusSize: JSON size of the LanMonitor (and IPBlock), every node
@@ -43,24 +45,25 @@ func BenchmarkController(b *testing.B) {
 	})
 	ctl := startController(b, true)
 	create(b, monitor("lan", time.Second))
-	agents := startAgents(b, fakeagent.Options{}, names...)
+	tracker := newMapTracker()
+	agents := startAgents(b, agentOptions{setup: func(n string, k *fake.Kernel) { k.OnSync(tracker.node(n)) }}, names...)
 	for i, n := range names {
-		agents[n].SetInterface("lan", fakeagent.Interface{TopTalkers: talkers(i, 100)})
+		agents[n].receive(b, talkers(i, 100)...)
 	}
-	tracker := trackApplied(b)
 
 	b.Run("IPBlockPropagation/nodes=100", func(b *testing.B) {
 		var lat []time.Duration
 		for i := range b.N {
 			name := fmt.Sprintf("bench-%d", i)
+			prefix := netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(i), 0}), 24)
 			start := time.Now()
-			create(b, ipBlock(name, "198.18.0.0/24"))
-			tracker.wait(b, name, nodes)
+			create(b, ipBlock(name, prefix.String()))
+			tracker.wait(b, prefix, nodes)
 			lat = append(lat, time.Since(start))
 			if err := env.Client.Delete(context.Background(), ipBlock(name)); err != nil {
 				b.Fatal(err)
 			}
-			tracker.waitGone(b, name)
+			tracker.wait(b, prefix, 0)
 			// Let the deletion's tail (rollups, cache updates) settle, so
 			// that each sample measures one change on a quiet cluster.
 			time.Sleep(time.Second)
@@ -83,37 +86,29 @@ func BenchmarkController(b *testing.B) {
 			return
 		}
 		const intervals = 10
-		before := map[string]int64{}
-		for n, a := range agents {
-			before[n] = a.Writes()
-		}
+		agentBefore, _ := statusWrites(b)
 		ctlBefore := ctl.writes.snapshot()
 		stop := make(chan struct{})
 		var wg sync.WaitGroup
 		wg.Go(func() { // traffic: counters change every 100ms on every node
 			tick := time.NewTicker(100 * time.Millisecond)
 			defer tick.Stop()
-			for k := 1; ; k++ {
+			for {
 				select {
 				case <-stop:
 					return
 				case <-tick.C:
 				}
 				for i, n := range names {
-					agents[n].SetInterface("lan", fakeagent.Interface{
-						TopTalkers: talkers(i, 100),
-						Totals:     lanmonitorv1alpha1.TrafficTotals{Packets: int64(k), Bytes: int64(64 * k)},
-					})
+					agents[n].receive(b, talkers(i, 1)...)
 				}
 			}
 		})
 		time.Sleep(intervals * time.Second)
 		close(stop)
 		wg.Wait()
-		var agentWrites int64
-		for n, a := range agents {
-			agentWrites += a.Writes() - before[n]
-		}
+		agentAfter, _ := statusWrites(b)
+		agentWrites := agentAfter - agentBefore
 		ctlAfter := ctl.writes.snapshot()
 		var ctlWrites int
 		for k, v := range ctlAfter {
@@ -122,7 +117,7 @@ func BenchmarkController(b *testing.B) {
 		writes = map[string]float64{
 			"agent-writes/node/interval": float64(agentWrites) / (nodes * intervals),
 			"controller-writes/interval": float64(ctlWrites) / intervals,
-			"writes/node/interval":       float64(int64(ctlWrites)+agentWrites) / (nodes * intervals),
+			"writes/node/interval":       float64(ctlWrites+agentWrites) / (nodes * intervals),
 		}
 	})
 
@@ -150,9 +145,10 @@ func BenchmarkController(b *testing.B) {
 		size100 = map[string]float64{"lanmonitor-bytes": float64(size)}
 	})
 
-	tracker.stop()
 	for _, a := range agents {
-		a.Stop()
+		if err := a.Stop(); err != nil {
+			b.Fatal(err)
+		}
 	}
 	ctl.stop()
 	cleanup(b)
@@ -181,77 +177,66 @@ func reportAll(b *testing.B, metrics map[string]float64) {
 	b.ReportMetric(0, "ns/op")
 }
 
-// talkers returns n distinct talkers for node i.
-func talkers(i, n int) []lanmonitorv1alpha1.Talker {
-	out := make([]lanmonitorv1alpha1.Talker, n)
+// talkers returns one second of traffic from n distinct sources for node
+// i: 2001:db8:<i>::<j+1> sends 1,000,000 - j bytes in 1,000 frames.
+func talkers(i, n int) []fake.Frame {
+	out := make([]fake.Frame, n)
 	for j := range out {
-		out[j] = lanmonitorv1alpha1.Talker{
-			Address:       fmt.Sprintf("2001:db8:%x::%x", i, j+1),
-			BitsPerSecond: int64(1_000_000_000 - i*1000 - j), Bytes: 1 << 40, Packets: 1 << 30,
-			PacketsPerSecond: 1_000_000, Internal: true,
+		out[j] = fake.Frame{
+			Src:     netip.MustParseAddr(fmt.Sprintf("2001:db8:%x::%x", i, j+1)),
+			Dst:     netip.MustParseAddr("2001:db8::1"),
+			Packets: 1000, Bytes: uint64(1_000_000 - j),
 		}
 	}
 	return out
 }
 
-// appliedTracker watches LanMonitorNode status: which IPBlocks each node
-// reports applied.
-type appliedTracker struct {
-	stop    func()
+// mapTracker follows the agents' rule tables (kernel/fake's OnSync): which
+// source prefixes are in each node's maps.
+type mapTracker struct {
 	mu      sync.Mutex
 	changed chan struct{}
-	applied map[string]map[string]bool // node -> IPBlock names
+	tables  map[string]map[netip.Prefix]bpf.Rule // by node
 }
 
-func trackApplied(b *testing.B) *appliedTracker {
-	t := &appliedTracker{changed: make(chan struct{}, 1), applied: map[string]map[string]bool{}}
-	t.stop = observe(b, &lanmonitorv1alpha1.LanMonitorNode{}, func(o client.Object) {
-		n := o.(*lanmonitorv1alpha1.LanMonitorNode)
-		set := map[string]bool{}
-		for _, s := range n.Status.IPBlocks {
-			set[s.Name] = true
-		}
+func newMapTracker() *mapTracker {
+	return &mapTracker{changed: make(chan struct{}, 1), tables: map[string]map[netip.Prefix]bpf.Rule{}}
+}
+
+// node returns the OnSync callback of node's kernel.
+func (t *mapTracker) node(name string) func(kernel.Tables) {
+	return func(tables kernel.Tables) {
 		t.mu.Lock()
-		t.applied[n.Name] = set
+		t.tables[name] = tables[bpf.TableSource]
 		t.mu.Unlock()
 		select {
 		case t.changed <- struct{}{}:
 		default:
 		}
-	})
-	return t
+	}
 }
 
-func (t *appliedTracker) count(block string) int {
+// count is the number of nodes whose maps hold p.
+func (t *mapTracker) count(p netip.Prefix) int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	c := 0
-	for _, set := range t.applied {
-		if set[block] {
-			c++
+	n := 0
+	for _, src := range t.tables {
+		if _, ok := src[p]; ok {
+			n++
 		}
 	}
-	return c
+	return n
 }
 
-func (t *appliedTracker) wait(b *testing.B, block string, nodes int) {
+// wait waits until p is in the maps of exactly nodes nodes.
+func (t *mapTracker) wait(b *testing.B, p netip.Prefix, nodes int) {
 	deadline := time.After(30 * time.Second)
-	for t.count(block) < nodes {
+	for t.count(p) != nodes {
 		select {
 		case <-t.changed:
 		case <-deadline:
-			b.Fatalf("%s applied on %d of %d nodes after 30s", block, t.count(block), nodes)
-		}
-	}
-}
-
-func (t *appliedTracker) waitGone(b *testing.B, block string) {
-	deadline := time.After(30 * time.Second)
-	for t.count(block) > 0 {
-		select {
-		case <-t.changed:
-		case <-deadline:
-			b.Fatalf("%s still applied on %d nodes after 30s", block, t.count(block))
+			b.Fatalf("%s in the maps of %d nodes after 30s, want %d", p, t.count(p), nodes)
 		}
 	}
 }

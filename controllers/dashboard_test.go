@@ -7,20 +7,22 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	clocktesting "k8s.io/utils/clock/testing"
 
+	"github.com/lanmonitor/lanmonitor/agent/kernel/fake"
 	lanmonitorv1alpha1 "github.com/lanmonitor/lanmonitor/api/v1alpha1"
 	"github.com/lanmonitor/lanmonitor/controllers"
-	"github.com/lanmonitor/lanmonitor/controllers/internal/fakeagent"
 	"github.com/lanmonitor/lanmonitor/internal/sse"
 )
 
-// TestDashboard: three simulated agents on the real API server report
-// talkers, rates and block counters; the cluster dashboard's event has the
+// TestDashboard: three real agents (on fake kernels, one fake clock) on the
+// real API server report talkers, rates and block counters; the cluster dashboard's event has the
 // exact per-node rows, totals, merged top talkers and per-node enforcement,
 // over HTTP too, and bad requests get clear 4xx answers.
 func TestDashboard(t *testing.T) {
@@ -33,23 +35,42 @@ func TestDashboard(t *testing.T) {
 	zoneA.Spec.Mode = lanmonitorv1alpha1.BlockModeAudit
 	zoneA.Spec.NodeSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"zone": "a"}}
 	create(t, m, ipBlock("scanners", "198.19.0.0/16", "198.19.1.0/24"), zoneA)
-	agents := startAgents(t, fakeagent.Options{}, "node-a", "node-b", "node-c")
-
-	tk := func(addr string, internal bool, mbps int64) lanmonitorv1alpha1.Talker {
-		return lanmonitorv1alpha1.Talker{Address: addr, Internal: internal, BitsPerSecond: mbps * 1_000_000,
-			PacketsPerSecond: mbps * 100, Bytes: mbps * 1000, Packets: mbps * 10}
-	}
-	agents["node-a"].SetInterface("lan", fakeagent.Interface{Interface: "lan0", BitsPerSecond: 50_000_000, PacketsPerSecond: 5000,
-		TopTalkers: []lanmonitorv1alpha1.Talker{tk("198.18.0.10", true, 30), tk("198.19.0.5", false, 10)}})
-	agents["node-b"].SetInterface("lan", fakeagent.Interface{Interface: "lan0", XDPMode: lanmonitorv1alpha1.XDPModeGeneric,
-		BitsPerSecond: 45_000_000, PacketsPerSecond: 4500,
-		TopTalkers: []lanmonitorv1alpha1.Talker{tk("198.18.0.10", true, 40), tk("198.18.0.20", true, 5)}})
-	agents["node-c"].SetInterface("lan", fakeagent.Interface{Interface: "lan0", NotAttached: true})
-	agents["node-a"].SetCounters("scanners", fakeagent.Counters{Matched: 9, Dropped: 7})
-	agents["node-b"].SetCounters("scanners", fakeagent.Counters{Matched: 11, Dropped: 11})
-	agents["node-a"].SetCounters("zone-a", fakeagent.Counters{Matched: 3})
+	clk := clocktesting.NewFakeClock(time.Now())
+	agents := startAgents(t, agentOptions{clock: clk, setup: func(node string, k *fake.Kernel) {
+		if node == "node-b" {
+			k.RefuseNative() // Auto falls back to generic
+		}
+	}}, "node-a", "node-b", "node-c")
 	waitEnforced(t, "scanners", 3)
 	waitEnforced(t, "zone-a", 1)
+
+	// One report interval of traffic (1 s on the agents' clock): rates are
+	// bytes x 8 and frames per second. 198.19.0.5 and 198.19.1.1 are in
+	// scanners: their frames for the node are dropped, the snooped ones
+	// only matched; 2001:db8:bad::1 is in zone-a (Audit: matched).
+	addr := netip.MustParseAddr
+	node := addr("198.18.255.1")
+	agents["node-a"].receive(t,
+		fake.Frame{Src: addr("198.18.0.10"), Dst: node, Packets: 3000, Bytes: 3_750_000}, // 30 Mbit/s
+		fake.Frame{Src: addr("198.19.0.5"), Dst: node, Packets: 7, Bytes: 1_000_000},     // dropped
+		fake.Frame{Src: addr("198.19.0.5"), Dst: addr("198.18.255.2"), Packets: 2, Bytes: 250_000, Snooped: true},
+		fake.Frame{Src: addr("2001:db8:bad::1"), Dst: addr("2001:db8::1"), Packets: 3, Bytes: 300}) // audited
+	agents["node-b"].receive(t,
+		fake.Frame{Src: addr("198.18.0.10"), Dst: node, Packets: 4000, Bytes: 5_000_000}, // 40 Mbit/s
+		fake.Frame{Src: addr("198.18.0.20"), Dst: node, Packets: 500, Bytes: 625_000},    // 5 Mbit/s
+		fake.Frame{Src: addr("198.19.1.1"), Dst: node, Packets: 11, Bytes: 704})          // dropped
+	for _, a := range agents {
+		a.datapath(t) // every Manager runs, so its report ticker waits on the clock
+	}
+	eventually(t, 10*time.Second, func() error {
+		if w := clk.Waiters(); w != 3 {
+			return fmt.Errorf("%d report tickers", w)
+		}
+		return nil
+	})
+	clk.Step(time.Second)
+	// node-c loses its interface: not attached, enforcing nothing.
+	agents["node-c"].Kernel.DeleteInterface("lan0")
 
 	at := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
 	d := controllers.NewDashboard(env.Client, time.Hour)
@@ -58,23 +79,25 @@ func TestDashboard(t *testing.T) {
 	want := controllers.ClusterEvent{
 		Time: at,
 		Nodes: []controllers.DashboardNode{
-			{Node: "node-a", Attached: true, XDPMode: lanmonitorv1alpha1.XDPModeNative, Rates: controllers.DashboardRates{BitsPerSecond: 50_000_000, PacketsPerSecond: 5000},
-				TopTalker: &controllers.DashboardTalker{Address: "198.18.0.10", BitsPerSecond: 30_000_000}, TrackedSources: 2, Capacity: capacity},
-			{Node: "node-b", Attached: true, XDPMode: lanmonitorv1alpha1.XDPModeGeneric, Rates: controllers.DashboardRates{BitsPerSecond: 45_000_000, PacketsPerSecond: 4500},
-				TopTalker: &controllers.DashboardTalker{Address: "198.18.0.10", BitsPerSecond: 40_000_000}, TrackedSources: 2, Capacity: capacity},
-			{Node: "node-c", Attached: false, XDPMode: lanmonitorv1alpha1.XDPModeNative, Capacity: capacity},
+			{Node: "node-a", Attached: true, XDPMode: lanmonitorv1alpha1.XDPModeNative, Rates: controllers.DashboardRates{BitsPerSecond: 40_002_400, PacketsPerSecond: 3012},
+				TopTalker: &controllers.DashboardTalker{Address: "198.18.0.10", BitsPerSecond: 30_000_000}, TrackedSources: 3, Capacity: capacity},
+			{Node: "node-b", Attached: true, XDPMode: lanmonitorv1alpha1.XDPModeGeneric, Rates: controllers.DashboardRates{BitsPerSecond: 45_005_632, PacketsPerSecond: 4511},
+				TopTalker: &controllers.DashboardTalker{Address: "198.18.0.10", BitsPerSecond: 40_000_000}, TrackedSources: 3, Capacity: capacity},
+			{Node: "node-c", Attached: false, Capacity: capacity},
 		},
-		Totals: controllers.ClusterTotals{BitsPerSecond: 95_000_000, PacketsPerSecond: 9500, DroppedPackets: 18},
+		Totals: controllers.ClusterTotals{BitsPerSecond: 85_008_032, PacketsPerSecond: 7523, DroppedPackets: 18},
 		TopTalkers: []lanmonitorv1alpha1.Talker{
-			{Address: "198.18.0.10", Internal: true, BitsPerSecond: 40_000_000, PacketsPerSecond: 4000, Bytes: 40_000, Packets: 400, Node: "node-b"},
-			{Address: "198.19.0.5", BitsPerSecond: 10_000_000, PacketsPerSecond: 1000, Bytes: 10_000, Packets: 100, Node: "node-a"},
-			{Address: "198.18.0.20", Internal: true, BitsPerSecond: 5_000_000, PacketsPerSecond: 500, Bytes: 5000, Packets: 50, Node: "node-b"},
+			{Address: "198.18.0.10", Internal: true, BitsPerSecond: 40_000_000, PacketsPerSecond: 4000, Bytes: 5_000_000, Packets: 4000, Node: "node-b"},
+			{Address: "198.19.0.5", BitsPerSecond: 10_000_000, PacketsPerSecond: 9, Bytes: 1_250_000, Packets: 9, Node: "node-a"},
+			{Address: "198.18.0.20", Internal: true, BitsPerSecond: 5_000_000, PacketsPerSecond: 500, Bytes: 625_000, Packets: 500, Node: "node-b"},
+			{Address: "198.19.1.1", BitsPerSecond: 5632, PacketsPerSecond: 11, Bytes: 704, Packets: 11, Node: "node-b"},
+			{Address: "2001:db8:bad::1", BitsPerSecond: 2400, PacketsPerSecond: 3, Bytes: 300, Packets: 3, Node: "node-a"},
 		},
 		IPBlocks: []controllers.DashboardIPBlock{
-			{Name: "scanners", Mode: lanmonitorv1alpha1.BlockModeEnforce, CIDRCount: 2, Enforced: 3, DroppedPackets: 18, PerNode: []controllers.BlockOnNode{
+			{Name: "scanners", Mode: lanmonitorv1alpha1.BlockModeEnforce, CIDRCount: 2, Enforced: 2, DroppedPackets: 18, PerNode: []controllers.BlockOnNode{
 				{Node: "node-a", Enforced: true, Generation: 1, DroppedPackets: 7},
 				{Node: "node-b", Enforced: true, Generation: 1, DroppedPackets: 11},
-				{Node: "node-c", Enforced: true, Generation: 1},
+				{Node: "node-c"},
 			}},
 			{Name: "zone-a", Mode: lanmonitorv1alpha1.BlockModeAudit, CIDRCount: 1, Enforced: 1, PerNode: []controllers.BlockOnNode{
 				{Node: "node-a", Enforced: true, Generation: 1},

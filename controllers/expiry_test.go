@@ -15,7 +15,6 @@ import (
 
 	lanmonitorv1alpha1 "github.com/lanmonitor/lanmonitor/api/v1alpha1"
 	"github.com/lanmonitor/lanmonitor/controllers"
-	"github.com/lanmonitor/lanmonitor/controllers/internal/fakeagent"
 )
 
 // specBlocks lists the IPBlocks of a LanMonitorNode's spec, sorted.
@@ -81,7 +80,7 @@ func TestExpiryClockSteps(t *testing.T) {
 	createNodes(t, node{name: "node-1"})
 	ctrl := startControllerWith(t, false, controllers.Options{Clock: clk})
 	create(t, monitor("lan", time.Second))
-	startAgents(t, fakeagent.Options{}, "node-1")
+	startAgents(t, agentOptions{}, "node-1")
 	temporary, long := ipBlock("temporary", "198.18.1.0/24"), ipBlock("long", "198.18.2.0/24")
 	temporary.Spec.ExpiresAt = &metav1.Time{Time: t0.Add(time.Hour)}
 	long.Spec.ExpiresAt = &metav1.Time{Time: t0.Add(24 * time.Hour)}

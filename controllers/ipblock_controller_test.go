@@ -14,8 +14,9 @@ import (
 	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/lanmonitor/lanmonitor/agent/kernel/fake"
 	lanmonitorv1alpha1 "github.com/lanmonitor/lanmonitor/api/v1alpha1"
-	"github.com/lanmonitor/lanmonitor/controllers/internal/fakeagent"
+	"github.com/lanmonitor/lanmonitor/bpf"
 )
 
 func monitor(name string, interval time.Duration) *lanmonitorv1alpha1.LanMonitor {
@@ -81,7 +82,7 @@ func TestRuleIDs(t *testing.T) {
 	createNodes(t, node{name: "node-1"}, node{name: "node-2"})
 	ctl := startController(t, true)
 	create(t, monitor("lan", time.Second))
-	agents := startAgents(t, fakeagent.Options{}, "node-1", "node-2")
+	agents := startAgents(t, agentOptions{}, "node-1", "node-2")
 
 	names := []string{"b1", "b2", "b3", "b4", "b5"}
 	for i, n := range names {
@@ -117,7 +118,9 @@ func TestRuleIDs(t *testing.T) {
 	// Free an ID while node-2's agent is down: its status still holds the
 	// rule, so the ID must not be handed out again.
 	freed := ids["b2"]
-	agents["node-2"].Stop()
+	if err := agents["node-2"].Stop(); err != nil {
+		t.Fatal(err)
+	}
 	if err := env.Client.Delete(ctx, getBlock(t, "b2")); err != nil {
 		t.Fatal(err)
 	}
@@ -129,7 +132,7 @@ func TestRuleIDs(t *testing.T) {
 		return nil
 	})
 	// node-2's agent comes back, applies the spec without b2 and with b7.
-	startAgents(t, fakeagent.Options{}, "node-2")
+	startAgents(t, agentOptions{}, "node-2")
 	waitEnforced(t, "b7", 2)
 	create(t, ipBlock("b8", "198.18.0.8"))
 	if id := waitEnforced(t, "b8", 2).Status.RuleID; id != freed {
@@ -189,13 +192,16 @@ func TestExpiry(t *testing.T) {
 	createNodes(t, node{name: "node-1"}, node{name: "node-2"})
 	startController(t, false)
 	create(t, monitor("lan", time.Second))
-	agents := startAgents(t, fakeagent.Options{}, "node-1", "node-2")
-	for _, a := range agents {
-		a.SetCounters("temporary", fakeagent.Counters{Matched: 10, Dropped: 4})
-	}
+	agents := startAgents(t, agentOptions{}, "node-1", "node-2")
 	b := ipBlock("temporary", "198.18.0.0/24")
 	create(t, b)
 	waitEnforced(t, "temporary", 2)
+	// On each node: 4 frames for the node from a blocked source (dropped)
+	// and 6 between other hosts (matched, passed: snooped).
+	for _, a := range agents {
+		a.receive(t, fake.Frame{Src: netip.MustParseAddr("198.18.0.5"), Dst: netip.MustParseAddr("198.18.255.1"), Packets: 4, Bytes: 400},
+			fake.Frame{Src: netip.MustParseAddr("198.18.0.6"), Dst: netip.MustParseAddr("198.18.255.2"), Packets: 6, Bytes: 600, Snooped: true})
+	}
 	eventually(t, 10*time.Second, func() error {
 		b := getBlock(t, "temporary")
 		if b.Status.MatchedPackets != 20 || b.Status.DroppedPackets != 8 {
@@ -267,11 +273,19 @@ func TestExpiry(t *testing.T) {
 			t.Errorf("%s = %s, want %s", typ, got, want)
 		}
 	}
-	// The agents drop the rule; the block keeps what it counted.
+	// The agents drop the rule from their maps and their reports; the
+	// block keeps what it counted.
 	eventually(t, 5*time.Second, func() error {
 		for name, a := range agents {
-			if st := a.LastStatus(); st == nil || len(st.IPBlocks) != 0 {
-				return fmt.Errorf("%s still reports %v", name, st)
+			if n := len(a.datapath(t).Tables()[bpf.TableSource]); n != 0 {
+				return fmt.Errorf("%s still enforces %d prefixes", name, n)
+			}
+			var l lanmonitorv1alpha1.LanMonitorNode
+			if err := env.Client.Get(ctx, client.ObjectKey{Name: name}, &l); err != nil {
+				return err
+			}
+			if len(l.Status.IPBlocks) != 0 {
+				return fmt.Errorf("%s still reports %v", name, l.Status.IPBlocks)
 			}
 		}
 		return nil
@@ -297,9 +311,12 @@ func TestProtectedAddresses(t *testing.T) {
 	m := monitor("lan", time.Second)
 	m.Spec.ProtectedCIDRs = []string{"198.18.1.0/24", "2001:db8::1", "203.0.113.0/24"}
 	create(t, m)
-	agents := startAgents(t, fakeagent.Options{}, "node-1", "node-2")
 	// The agent also protects the node's default gateway.
-	agents["node-1"].SetCounters("wide", fakeagent.Counters{Exempted: []string{"198.18.0.254"}})
+	startAgents(t, agentOptions{setup: func(node string, k *fake.Kernel) {
+		if node == "node-1" {
+			k.SetAddresses(nil, []netip.Addr{netip.MustParseAddr("198.18.0.254")})
+		}
+	}}, "node-1", "node-2")
 
 	endpointNet := netip.PrefixFrom(endpoint, 8).Masked().String()
 	create(t,

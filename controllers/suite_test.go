@@ -28,7 +28,6 @@ import (
 
 	lanmonitorv1alpha1 "github.com/lanmonitor/lanmonitor/api/v1alpha1"
 	"github.com/lanmonitor/lanmonitor/controllers"
-	"github.com/lanmonitor/lanmonitor/controllers/internal/fakeagent"
 	"github.com/lanmonitor/lanmonitor/internal/testenv"
 )
 
@@ -275,25 +274,6 @@ func lmnNames(t testing.TB) []string {
 	var out []string
 	for _, n := range l.Items {
 		out = append(out, n.Name)
-	}
-	return out
-}
-
-// startAgents starts a simulated agent per node and stops them when the test ends.
-func startAgents(t testing.TB, opts fakeagent.Options, nodes ...string) map[string]*fakeagent.Agent {
-	t.Helper()
-	sh, err := fakeagent.NewShared(env.Config, env.Scheme)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]*fakeagent.Agent{}
-	for _, n := range nodes {
-		a, err := fakeagent.Start(context.Background(), sh, n, opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(a.Stop)
-		out[n] = a
 	}
 	return out
 }

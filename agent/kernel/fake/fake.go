@@ -16,8 +16,10 @@ import (
 	"log/slog"
 	"maps"
 	"net/netip"
+	"reflect"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/lanmonitor/lanmonitor/agent/kernel"
 	"github.com/lanmonitor/lanmonitor/api/v1alpha1"
@@ -38,7 +40,9 @@ type Kernel struct {
 	gateways      []netip.Addr
 	route         string // interface of the default route
 	open          map[string]*Datapath
-	nativeRefused bool // see RefuseNative
+	nativeRefused bool                 // see RefuseNative
+	syncDelay     func() time.Duration // see SetSyncDelay
+	onSync        func(kernel.Tables)  // see OnSync
 }
 
 type iface struct {
@@ -98,6 +102,23 @@ func (k *Kernel) RefuseNative() {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.nativeRefused = true
+}
+
+// SetSyncDelay makes every rule table update take f() (a slow map
+// update), so that nodes finish applying a change in any order.
+func (k *Kernel) SetSyncDelay(f func() time.Duration) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.syncDelay = f
+}
+
+// OnSync calls f after every rule table update that changed an entry,
+// with the tables now in force (f must neither change nor keep them): a
+// benchmark learns when a change reached the maps without polling them.
+func (k *Kernel) OnSync(f func(kernel.Tables)) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.onSync = f
 }
 
 // Datapath returns the datapath open on interface name, or nil.
@@ -167,9 +188,10 @@ type Datapath struct {
 	stats    bpf.Stats
 	talkers  map[bpf.Addr]*bpf.Talker
 	counters map[uint32]*bpf.RuleCounters
-	closed   bool
-	cleaned  bool
-	syncs    int
+	closed    bool
+	cleaned   bool
+	syncs     int
+	ruleReads int
 }
 
 // attach picks the mode as the real kernel's driver would. Called with
@@ -291,6 +313,18 @@ func (d *Datapath) applyRule(r bpf.Rule, addr netip.Addr, f Frame) bool {
 	return false
 }
 
+// AddStats adds s to the global counters, for what the fake does not
+// derive from frames (malformed and non-IP frames, fragments, VLAN tags).
+func (d *Datapath) AddStats(s bpf.Stats) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	dst, src := reflect.ValueOf(&d.stats).Elem(), reflect.ValueOf(s)
+	for i := range dst.NumField() {
+		f := dst.Field(i)
+		f.SetUint(f.Uint() + src.Field(i).Uint())
+	}
+}
+
 // lookup is the longest-prefix match of a in t.
 func lookup(t map[netip.Prefix]bpf.Rule, a netip.Addr) (bpf.Rule, bool) {
 	for bits := a.BitLen(); bits >= 0; bits-- {
@@ -327,6 +361,15 @@ func (d *Datapath) Syncs() int {
 	return d.syncs
 }
 
+// RuleCounterReads is how many times RuleCounters was called. A Manager's
+// report reads the rule counters last, so a test that waits for this to
+// grow knows that the report has read everything it will.
+func (d *Datapath) RuleCounterReads() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.ruleReads
+}
+
 // Closed reports whether Close was called, and with cleanup.
 func (d *Datapath) Closed() (closed, cleanup bool) {
 	d.mu.Lock()
@@ -356,6 +399,7 @@ func (d *Datapath) Talkers() ([]bpf.Talker, error) {
 func (d *Datapath) RuleCounters() (map[uint32]bpf.RuleCounters, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.ruleReads++
 	out := make(map[uint32]bpf.RuleCounters, len(d.counters))
 	for id, c := range d.counters {
 		out[id] = *c
@@ -372,8 +416,20 @@ func (d *Datapath) Capacity() int {
 
 // SyncTables replaces the tables, counting the entries that differ.
 func (d *Datapath) SyncTables(t kernel.Tables) (written, deleted int, err error) {
+	d.k.mu.Lock()
+	delay, notify := d.k.syncDelay, d.k.onSync
+	d.k.mu.Unlock()
+	if delay != nil {
+		time.Sleep(delay())
+	}
 	d.mu.Lock()
-	defer d.mu.Unlock()
+	defer func() {
+		tables := d.tables
+		d.mu.Unlock()
+		if notify != nil && written+deleted > 0 {
+			notify(tables)
+		}
+	}()
 	for _, tab := range []bpf.Table{bpf.TableSource, bpf.TableDestination, bpf.TableProtected} {
 		have, want := d.tables[tab], t[tab]
 		for p, r := range want {
