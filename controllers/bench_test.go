@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/lanmonitor/lanmonitor/agent/kernel"
 	"github.com/lanmonitor/lanmonitor/agent/kernel/fake"
 	"github.com/lanmonitor/lanmonitor/bpf"

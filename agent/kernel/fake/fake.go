@@ -177,17 +177,17 @@ func (k *Kernel) addresses(ifc *iface) kernel.Addresses {
 type Datapath struct {
 	k *Kernel
 
-	mu       sync.Mutex
-	s        kernel.Settings
-	ifc      *iface // nil while the interface is gone
-	mode     v1alpha1.XDPMode
-	reason   string
-	message  string
-	program  uint32
-	tables   kernel.Tables
-	stats    bpf.Stats
-	talkers  map[bpf.Addr]*bpf.Talker
-	counters map[uint32]*bpf.RuleCounters
+	mu        sync.Mutex
+	s         kernel.Settings
+	ifc       *iface // nil while the interface is gone
+	mode      v1alpha1.XDPMode
+	reason    string
+	message   string
+	program   uint32
+	tables    kernel.Tables
+	stats     bpf.Stats
+	talkers   map[bpf.Addr]*bpf.Talker
+	counters  map[uint32]*bpf.RuleCounters
 	closed    bool
 	cleaned   bool
 	syncs     int
