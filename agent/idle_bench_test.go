@@ -32,7 +32,6 @@ func BenchmarkAgentIdleCPU(b *testing.B) {
 	b.Cleanup(func() { env.Stop() })
 	ctx := context.Background()
 	prefixes := benchPrefixes(100_000, 7)
-	var refs []v1alpha1.NodeIPBlockRef
 	for i := range 100 {
 		ipb := &v1alpha1.IPBlock{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("bench-%03d", i)}}
 		for _, p := range prefixes[i*1000 : (i+1)*1000] {
@@ -41,14 +40,12 @@ func BenchmarkAgentIdleCPU(b *testing.B) {
 		if err := env.Client.Create(ctx, ipb); err != nil {
 			b.Fatal(err)
 		}
-		refs = append(refs, v1alpha1.NodeIPBlockRef{Name: ipb.Name, RuleID: int32(i + 1), Generation: ipb.Generation})
 	}
 	lmn := &v1alpha1.LanMonitorNode{
 		ObjectMeta: metav1.ObjectMeta{Name: "node-a"},
 		Spec: v1alpha1.LanMonitorNodeSpec{
 			Interfaces: []v1alpha1.NodeInterfaceSpec{{Monitor: "lab", Interface: "lan0", Promiscuous: true, XDPMode: v1alpha1.XDPModeAuto,
 				TopN: 10, ReportInterval: metav1.Duration{Duration: 10 * time.Second}, MaxTrackedSources: 131072}},
-			IPBlocks: refs,
 		},
 	}
 	if err := env.Client.Create(ctx, lmn); err != nil {

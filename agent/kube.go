@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -14,11 +15,13 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
@@ -28,6 +31,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/lanmonitor/lanmonitor/api/v1alpha1"
+	"github.com/lanmonitor/lanmonitor/internal/version"
 )
 
 // FieldManager is the field manager of the agent's status writes.
@@ -63,8 +67,10 @@ type KubernetesOptions struct {
 const retryEvery = 5 * time.Second
 
 // RunKubernetes is `lanmonitor-agent kubernetes`: the agent of one node. It
-// watches its LanMonitorNode (a cache narrowed to that one object) and the
-// IPBlocks it names, runs one Manager per monitored interface, and writes
+// watches its LanMonitorNode and its Node (caches narrowed to those two
+// objects) and every IPBlock, decides itself which IPBlocks apply (their
+// nodeSelector against the Node's labels; expiresAt against its wall
+// clock), runs one Manager per monitored interface, and writes
 // the node's report into the LanMonitorNode status: at once when what is
 // applied changes (a new IPBlock generation, an interface attached or lost),
 // otherwise at most once per report interval, and never when nothing
@@ -82,7 +88,7 @@ func RunKubernetes(ctx context.Context, o KubernetesOptions) error {
 		return err
 	}
 	scheme := runtime.NewScheme()
-	if err := v1alpha1.AddToScheme(scheme); err != nil {
+	if err := errors.Join(v1alpha1.AddToScheme(scheme), corev1.AddToScheme(scheme)); err != nil {
 		return err
 	}
 	a := &nodeAgent{o: o, log: o.Manager.Logger.With("node", o.NodeName), clock: clock.RealClock{},
@@ -128,6 +134,7 @@ func RunKubernetes(ctx context.Context, o KubernetesOptions) error {
 			Scheme: scheme, HTTPClient: o.HTTPClient, Mapper: o.Mapper,
 			ByObject: map[client.Object]cache.ByObject{
 				&v1alpha1.LanMonitorNode{}: {Field: fields.OneTermEqualSelector("metadata.name", o.NodeName)},
+				&corev1.Node{}:             {Field: fields.OneTermEqualSelector("metadata.name", o.NodeName)},
 			},
 		})
 		if err == nil {
@@ -145,7 +152,7 @@ func RunKubernetes(ctx context.Context, o KubernetesOptions) error {
 		return fmt.Errorf("client: %w", err)
 	}
 	a.cache, a.client = c, cl
-	for _, obj := range []client.Object{&v1alpha1.LanMonitorNode{}, &v1alpha1.IPBlock{}} {
+	for _, obj := range []client.Object{&v1alpha1.LanMonitorNode{}, &v1alpha1.IPBlock{}, &corev1.Node{}} {
 		inf, err := c.GetInformer(ctx, obj)
 		if err != nil {
 			return fmt.Errorf("informer: %w", err)
@@ -183,6 +190,11 @@ type nodeAgent struct {
 	appliedBlocks string                 // blockGenerations of the last sync
 	parsed        map[string]cachedBlock // by IPBlock name: the blocks of the last sync
 	lifted        liftedBlocks           // the IPBlocks seen expired: never enforced again
+	// ruleIDs are this node's rule IDs, by IPBlock name: kept while the
+	// block applies, taken back from the LanMonitorNode status after a
+	// restart (nil until then), so that counters pinned under an ID stay
+	// the block's.
+	ruleIDs map[string]uint32
 
 	synced     bool // the first sync is done (ready)
 	lastStatus *v1alpha1.LanMonitorNodeStatus
@@ -273,7 +285,11 @@ func (a *nodeAgent) sync(ctx context.Context) (time.Duration, error) {
 	} else if err != nil {
 		return maxIdle, err
 	}
-	blocks, expiry, err := a.blocks(ctx, &lmn, now)
+	var node corev1.Node
+	if err := a.cache.Get(ctx, client.ObjectKey{Name: a.o.NodeName}, &node, client.UnsafeDisableDeepCopy); err != nil && !apierrors.IsNotFound(err) {
+		return maxIdle, err
+	}
+	blocks, expiry, err := a.blocks(ctx, &lmn, labels.Set(node.Labels), now)
 	if err != nil {
 		return maxIdle, err
 	}
@@ -308,71 +324,102 @@ func (a *nodeAgent) sync(ctx context.Context) (time.Duration, error) {
 
 // cachedBlock is a Block built from one generation of an IPBlock.
 type cachedBlock struct {
-	ruleID     int32
+	ruleID     uint32
 	generation int64
 	block      Block
 }
 
-// blocks joins the LanMonitorNode's IPBlock references with the IPBlocks of
-// the cache: the controller gives the rule ID, the IPBlock its CIDRs and
-// generation. A block that is gone or expired at now (wall clock), or was
-// seen expired before (a.lifted: a clock stepped back does not enforce it
-// again), is left out; expiry is the earliest expiresAt still to come
-// (zero: none). Blocks are parsed once per generation and rule ID
-// (a.parsed).
-func (a *nodeAgent) blocks(ctx context.Context, lmn *v1alpha1.LanMonitorNode, now time.Time) ([]Block, time.Time, error) {
+// blocks are the IPBlocks that apply to this node at now (wall clock):
+// every IPBlock whose nodeSelector matches the node's labels, once the
+// node is monitored at all (its LanMonitorNode names an interface). A
+// block that is being deleted, expired at now, or seen expired before
+// (a.lifted: a clock stepped back does not enforce it again) is left out;
+// past the datapath's rule capacity, the newest blocks are left out (and
+// logged). expiry is the earliest expiresAt still to come (zero: none).
+// Blocks are parsed once per generation and rule ID (a.parsed).
+func (a *nodeAgent) blocks(ctx context.Context, lmn *v1alpha1.LanMonitorNode, nodeLabels labels.Set, now time.Time) ([]Block, time.Time, error) {
 	var (
 		out    []Block
 		expiry time.Time
 	)
-	parsed := make(map[string]cachedBlock, len(lmn.Spec.IPBlocks))
 	if a.lifted == nil {
 		a.lifted = liftedBlocks{}
 	}
-	for _, ref := range lmn.Spec.IPBlocks {
-		// The cache's own object, not a copy (100,000 CIDRs would be
-		// copied on every sync): only read here.
-		var ipb v1alpha1.IPBlock
-		if err := a.cache.Get(ctx, client.ObjectKey{Name: ref.Name}, &ipb, client.UnsafeDisableDeepCopy); err != nil {
-			if apierrors.IsNotFound(err) {
-				continue
-			}
-			return nil, time.Time{}, err
+	// The cache's own objects, not copies (100,000 CIDRs would be copied
+	// on every sync): only read here.
+	var list v1alpha1.IPBlockList
+	if err := a.cache.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
+		return nil, time.Time{}, err
+	}
+	exists := make(map[string]*v1alpha1.IPBlock, len(list.Items))
+	var applicable []*v1alpha1.IPBlock
+	for i := range list.Items {
+		ipb := &list.Items[i]
+		exists[ipb.Name] = ipb
+		if len(lmn.Spec.Interfaces) == 0 || ipb.DeletionTimestamp != nil {
+			continue
+		}
+		sel, err := v1alpha1.NodeSelector(ipb.Spec.NodeSelector)
+		if err != nil || !sel.Matches(nodeLabels) {
+			continue
 		}
 		if e := ipb.Spec.ExpiresAt; e != nil {
-			if a.lifted.expired(&ipb, now) {
+			if a.lifted.expired(ipb, now) {
 				continue
 			}
 			if expiry.IsZero() || e.Time.Before(expiry) {
 				expiry = e.Time
 			}
 		}
+		applicable = append(applicable, ipb)
+	}
+	// A lifted block is remembered while the same object and generation
+	// exist, forgotten once it is deleted or changed.
+	for name, k := range a.lifted {
+		if ipb := exists[name]; ipb == nil || ipb.UID != k.uid || ipb.Generation != k.generation {
+			delete(a.lifted, name)
+		}
+	}
+	if capacity := min(int(a.o.Manager.MaxRules), v1alpha1.MaxNodeIPBlocks); len(applicable) > capacity {
+		slices.SortFunc(applicable, func(x, y *v1alpha1.IPBlock) int {
+			return cmp.Or(x.CreationTimestamp.Compare(y.CreationTimestamp.Time), cmp.Compare(x.Name, y.Name))
+		})
+		a.log.Error("more IPBlocks apply than the datapath holds rules (--max-rules); the newest are not enforced",
+			"ipBlocks", len(applicable), "rules", capacity, "first", applicable[capacity].Name)
+		applicable = applicable[:capacity]
+	}
+
+	// Rule IDs: each block keeps its own; after a restart, the ones this
+	// node reported (the counters pinned under them are the block's).
+	if a.ruleIDs == nil {
+		a.ruleIDs = map[string]uint32{}
+		for _, r := range lmn.Status.IPBlocks {
+			a.ruleIDs[r.Name] = uint32(r.RuleID)
+		}
+	}
+	names := make([]string, len(applicable))
+	for i, ipb := range applicable {
+		names[i] = ipb.Name
+	}
+	a.ruleIDs = assignRuleIDs(names, a.ruleIDs, a.o.Manager.MaxRules)
+
+	parsed := make(map[string]cachedBlock, len(applicable))
+	for _, ipb := range applicable {
+		id := a.ruleIDs[ipb.Name]
 		c, ok := a.parsed[ipb.Name]
-		if !ok || c.ruleID != ref.RuleID || c.generation != ipb.Generation {
-			b, err := BlockFromAPI(ipb.Name, uint32(ref.RuleID), ipb.Generation, ipb.Spec)
+		if !ok || c.ruleID != id || c.generation != ipb.Generation {
+			b, err := BlockFromAPI(ipb.Name, id, ipb.Generation, ipb.Spec)
 			if err != nil {
 				a.log.Error("IPBlock not applied", "ipblock", ipb.Name, "error", err)
 				continue
 			}
-			c = cachedBlock{ruleID: ref.RuleID, generation: ipb.Generation, block: b}
+			c = cachedBlock{ruleID: id, generation: ipb.Generation, block: b}
 		}
 		parsed[ipb.Name] = c
 		out = append(out, c.block)
 	}
 	a.parsed = parsed
-	// A lifted block the spec no longer names is remembered while the same
-	// object and generation exist (a controller whose clock stepped back
-	// may name it again), forgotten once it is deleted or changed.
-	for name, k := range a.lifted {
-		if slices.ContainsFunc(lmn.Spec.IPBlocks, func(r v1alpha1.NodeIPBlockRef) bool { return r.Name == name }) {
-			continue
-		}
-		var ipb v1alpha1.IPBlock
-		err := a.cache.Get(ctx, client.ObjectKey{Name: name}, &ipb, client.UnsafeDisableDeepCopy)
-		if apierrors.IsNotFound(err) || (err == nil && (ipb.UID != k.uid || ipb.Generation != k.generation)) {
-			delete(a.lifted, name)
-		}
-	}
+	slices.SortFunc(out, func(x, y Block) int { return cmp.Compare(x.RuleID, y.RuleID) })
 	return out, expiry, nil
 }
 
@@ -581,7 +628,7 @@ func reportInterval(specs []v1alpha1.NodeInterfaceSpec) time.Duration {
 // generation of the IPBlock that is in the maps) only when every interface
 // of the node runs with it. Called with a.mu held.
 func (a *nodeAgent) status(lmn *v1alpha1.LanMonitorNode, blocks []Block) v1alpha1.LanMonitorNodeStatus {
-	st := v1alpha1.LanMonitorNodeStatus{ObservedGeneration: lmn.Generation}
+	st := v1alpha1.LanMonitorNodeStatus{ObservedGeneration: lmn.Generation, AgentVersion: version.Version}
 	allRunning := len(a.failures) == 0
 	type sums struct{ matched, dropped int64 }
 	perBlock := map[string]*sums{}

@@ -36,7 +36,6 @@ func TestKubernetesMode(t *testing.T) {
 		Spec: v1alpha1.LanMonitorNodeSpec{
 			Interfaces: []v1alpha1.NodeInterfaceSpec{{Monitor: "lab", Interface: "lan0", Promiscuous: true, XDPMode: v1alpha1.XDPModeAuto,
 				TopN: 5, ReportInterval: metav1.Duration{Duration: time.Second}, MaxTrackedSources: 4096}},
-			IPBlocks: []v1alpha1.NodeIPBlockRef{{Name: "scanners", RuleID: 4242, Generation: ipb.Generation}},
 		},
 	}
 	if err := c.Create(ctx, lmn); err != nil {
@@ -120,7 +119,6 @@ func TestKubernetesMode(t *testing.T) {
 	// The monitor no longer selects the node: released, as found.
 	latest := get()
 	latest.Spec.Interfaces = nil
-	latest.Spec.IPBlocks = nil
 	if err := c.Update(ctx, latest); err != nil {
 		t.Fatal(err)
 	}

@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
 	"github.com/lanmonitor/lanmonitor/api/v1alpha1"
 	"github.com/lanmonitor/lanmonitor/bpf"
 )
@@ -150,13 +148,29 @@ func TestStandaloneRuleIDsStable(t *testing.T) {
 	}
 }
 
-func idsOf(names []string) map[string]uint32 {
-	var bs []v1alpha1.IPBlock
-	for _, n := range names {
-		bs = append(bs, v1alpha1.IPBlock{ObjectMeta: metav1.ObjectMeta{Name: n}})
+// TestRuleIDsKept: IDs given in keep stay (a Kubernetes agent's, taken
+// back from its status), unless out of range or claimed twice; the others
+// are hashed past them.
+func TestRuleIDsKept(t *testing.T) {
+	fresh := assignRuleIDs([]string{"a", "b", "c"}, nil, 8)
+	keep := map[string]uint32{"a": fresh["b"], "b": fresh["b"], "c": 99, "gone": fresh["c"]}
+	ids := assignRuleIDs([]string{"a", "b", "c"}, keep, 8)
+	if ids["a"] != fresh["b"] {
+		t.Errorf("a got %d, want its kept %d", ids["a"], fresh["b"])
 	}
-	return standaloneRuleIDs(bs, 8)
+	seen := map[uint32]bool{}
+	for n, id := range ids {
+		if id == 0 || id > 8 || seen[id] {
+			t.Fatalf("%s: rule ID %d not unique in 1..8 (%v)", n, id, ids)
+		}
+		seen[id] = true
+	}
+	if len(ids) != 3 {
+		t.Errorf("ids %v: want a, b and c only", ids)
+	}
 }
+
+func idsOf(names []string) map[string]uint32 { return assignRuleIDs(names, nil, 8) }
 
 func TestConfigValidate(t *testing.T) {
 	ok := Config{Interface: "lan0"}.WithDefaults()

@@ -116,7 +116,7 @@ func LoadManifests(v *crdvalidate.Validator, files []string) (*Manifests, error)
 // most one LanMonitor (none means its defaults; its nodeSelector is ignored,
 // and its interface, if set, must be iface); every IPBlock not expired at now
 // (nodeSelectors ignored), with a rule ID derived from its name (see
-// standaloneRuleIDs). It also returns when the next IPBlock expires (zero if
+// assignRuleIDs). It also returns when the next IPBlock expires (zero if
 // none), so the caller can apply the config again then.
 func StandaloneConfig(iface string, mf *Manifests, now time.Time, maxRules uint32) (Config, time.Time, error) {
 	return standaloneConfig(iface, mf, now, maxRules, nil)
@@ -166,7 +166,11 @@ func standaloneConfig(iface string, mf *Manifests, now time.Time, maxRules uint3
 	if len(live) > int(maxRules) {
 		return Config{}, time.Time{}, fmt.Errorf("%d IPBlocks: more than the %d rules an interface holds (--max-rules)", len(live), maxRules)
 	}
-	ids := standaloneRuleIDs(live, maxRules)
+	names := make([]string, len(live))
+	for i, b := range live {
+		names[i] = b.Name
+	}
+	ids := assignRuleIDs(names, nil, maxRules)
 	for _, b := range live {
 		blk, err := BlockFromAPI(b.Name, ids[b.Name], b.Generation, b.Spec)
 		if err != nil {
@@ -235,21 +239,29 @@ func ParsePrefixes(ss []string) ([]netip.Prefix, error) {
 	return out, nil
 }
 
-// standaloneRuleIDs gives each block a rule ID from a hash of its name
-// (FNV-1a, in 1..maxRules), resolving collisions by probing upward in name
-// order. The caller makes sure there are at most maxRules blocks. Without a controller to store IDs, this keeps a block's ID, and so
-// its pinned counters, across agent restarts and reloads whatever other
-// blocks come and go, unless two names collide.
-func standaloneRuleIDs(blocks []v1alpha1.IPBlock, maxRules uint32) map[string]uint32 {
-	names := make([]string, len(blocks))
-	for i, b := range blocks {
-		names[i] = b.Name
-	}
+// assignRuleIDs gives each named block a rule ID in 1..span. A block keeps
+// the ID it has in keep (when that ID is in range and no other kept block
+// has it); the others take one from a hash of their name (FNV-1a), probing
+// upward past the IDs in use, in name order. The caller makes sure there
+// are at most span names. Without anything kept, a block's ID depends only
+// on its name and the names it collides with, so it (and its pinned
+// counters) survives agent restarts and reloads whatever other blocks come
+// and go; what is kept makes that hold through collisions too.
+func assignRuleIDs(names []string, keep map[string]uint32, span uint32) map[string]uint32 {
+	names = slices.Clone(names)
 	slices.Sort(names)
 	used := map[uint32]bool{}
-	ids := map[string]uint32{}
-	span := maxRules
+	ids := make(map[string]uint32, len(names))
 	for _, n := range names {
+		if id, ok := keep[n]; ok && id >= 1 && id <= span && !used[id] {
+			used[id] = true
+			ids[n] = id
+		}
+	}
+	for _, n := range names {
+		if _, ok := ids[n]; ok {
+			continue
+		}
 		h := fnv.New32a()
 		h.Write([]byte(n))
 		id := h.Sum32()%span + 1

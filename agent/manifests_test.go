@@ -64,7 +64,7 @@ func TestStandaloneManifests(t *testing.T) {
 	want := Config{
 		Interface: "lan0", XDPMode: XDPModeAuto, Promiscuous: true, InternalCIDRs: pfx("198.18.0.0/15"),
 		TopN: 10, ReportInterval: 2 * time.Second, MaxTrackedSources: 65536, ProtectedCIDRs: pfx(),
-		Blocks: []Block{{Name: "scanners", RuleID: standaloneRuleIDs(mf.Blocks[:1], 4096)["scanners"], Generation: 0,
+		Blocks: []Block{{Name: "scanners", RuleID: assignRuleIDs([]string{"scanners"}, nil, 4096)["scanners"], Generation: 0,
 			Direction: DirectionBoth, Mode: BlockModeAudit, CIDRs: pfx("198.18.0.66", "2001:db8:bad::/48")}},
 	}
 	if !reflect.DeepEqual(cfg, want) {

@@ -9,7 +9,9 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	lanmonitorv1alpha1 "github.com/lanmonitor/lanmonitor/api/v1alpha1"
@@ -172,25 +174,31 @@ func (d *Dashboard) Publish(ctx context.Context) error {
 	return err
 }
 
-// Event rolls the reader's LanMonitorNodes, IPBlocks and LanMonitors up
-// into one ClusterEvent. Errors: those of the List calls.
+// Event rolls the reader's LanMonitorNodes, IPBlocks, LanMonitors and Nodes
+// up into one ClusterEvent. Errors: those of the List calls.
 func (d *Dashboard) Event(ctx context.Context) (ClusterEvent, error) {
 	var (
 		lmns     lanmonitorv1alpha1.LanMonitorNodeList
 		blocks   lanmonitorv1alpha1.IPBlockList
 		monitors lanmonitorv1alpha1.LanMonitorList
+		nodes    corev1.NodeList
 	)
-	for _, l := range []client.ObjectList{&lmns, &blocks, &monitors} {
+	for _, l := range []client.ObjectList{&lmns, &blocks, &monitors, &nodes} {
 		if err := d.reader.List(ctx, l); err != nil {
 			return ClusterEvent{}, fmt.Errorf("list %T: %w", l, err)
 		}
 	}
-	return clusterEvent(d.now(), lmns.Items, blocks.Items, monitors.Items), nil
+	return clusterEvent(d.now(), lmns.Items, blocks.Items, monitors.Items, nodes.Items), nil
 }
 
-// clusterEvent is the roll-up of Event at time now.
+// clusterEvent is the roll-up of Event at time now. A block's per-node rows
+// are the monitored nodes its nodeSelector matches, and those that report it.
 func clusterEvent(now time.Time, lmns []lanmonitorv1alpha1.LanMonitorNode, blocks []lanmonitorv1alpha1.IPBlock,
-	monitors []lanmonitorv1alpha1.LanMonitor) ClusterEvent {
+	monitors []lanmonitorv1alpha1.LanMonitor, nodes []corev1.Node) ClusterEvent {
+	nodeLabels := make(map[string]labels.Set, len(nodes))
+	for _, n := range nodes {
+		nodeLabels[n.Name] = n.Labels
+	}
 	ev := ClusterEvent{Time: now, Nodes: []DashboardNode{}, IPBlocks: []DashboardIPBlock{}, LanMonitors: []DashboardMonitor{},
 		TopTalkers: []lanmonitorv1alpha1.Talker{}}
 	slices.SortFunc(lmns, func(a, b lanmonitorv1alpha1.LanMonitorNode) int { return cmp.Compare(a.Name, b.Name) })
@@ -237,19 +245,21 @@ func clusterEvent(now time.Time, lmns []lanmonitorv1alpha1.LanMonitorNode, block
 		if row.Mode == "" {
 			row.Mode = lanmonitorv1alpha1.BlockModeEnforce
 		}
+		sel, selErr := lanmonitorv1alpha1.NodeSelector(b.Spec.NodeSelector)
 		for j := range lmns {
 			n := &lmns[j]
-			if !slices.ContainsFunc(n.Spec.IPBlocks, func(r lanmonitorv1alpha1.NodeIPBlockRef) bool { return r.Name == b.Name }) {
+			k := slices.IndexFunc(n.Status.IPBlocks, func(s lanmonitorv1alpha1.NodeIPBlockStatus) bool { return s.Name == b.Name })
+			_, known := nodeLabels[n.Name]
+			desired := selErr == nil && known && len(n.Spec.Interfaces) > 0 && sel.Matches(nodeLabels[n.Name])
+			if k < 0 && !desired {
 				continue
 			}
 			on := BlockOnNode{Node: n.Name}
-			if k := slices.IndexFunc(n.Status.IPBlocks, func(s lanmonitorv1alpha1.NodeIPBlockStatus) bool { return s.Name == b.Name }); k >= 0 {
+			if k >= 0 {
 				rep := &n.Status.IPBlocks[k]
 				on.Generation = rep.Generation
-				if b.Status.RuleID != 0 && rep.RuleID == b.Status.RuleID {
-					on.DroppedPackets = rep.DroppedPackets
-					on.Enforced = rep.Generation == b.Generation
-				}
+				on.DroppedPackets = rep.DroppedPackets
+				on.Enforced = rep.Generation == b.Generation
 			}
 			if on.Enforced {
 				row.Enforced++

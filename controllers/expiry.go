@@ -19,12 +19,12 @@ import (
 const maxExpiryWait = time.Minute
 
 // expiry decides whether IPBlocks have expired, on a wall clock, and
-// remembers the blocks seen expired, shared by the reconcilers: once lifted
-// (dropped from the LanMonitorNode specs) a block is not enforced again
-// when the clock steps back, from the moment it is seen expired (before
-// its Expired condition is written, which then says so across restarts:
-// see expired). A new generation, or another object of the same name, is
-// decided afresh.
+// remembers the blocks seen expired: once marked Expired (which the agents
+// also lift a block on, whatever their own clocks say) a block is not
+// reported in force again when the clock steps back, from the moment it
+// is seen expired (before its Expired condition is written, which then
+// says so across restarts: see expired). A new generation, or another
+// object of the same name, is decided afresh.
 type expiry struct {
 	clock clock.PassiveClock
 

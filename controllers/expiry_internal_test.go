@@ -23,7 +23,6 @@ func TestExpiryDecision(t *testing.T) {
 		ObjectMeta: metav1.ObjectMeta{Name: "temporary", UID: "uid-1", Generation: 1},
 		Spec:       lanmonitorv1alpha1.IPBlockSpec{CIDRs: []string{"198.18.0.0/24"}, ExpiresAt: &metav1.Time{Time: t0.Add(time.Hour)}},
 	}
-	spec := lanmonitorv1alpha1.LanMonitorNodeSpec{IPBlocks: []lanmonitorv1alpha1.NodeIPBlockRef{{Name: "temporary", RuleID: 1}}}
 	step := func(what string, at time.Time, wantExpired bool, wantRequeue time.Duration) {
 		t.Helper()
 		clk.SetTime(at)
@@ -33,9 +32,6 @@ func TestExpiryDecision(t *testing.T) {
 		}
 		if got := expiryRequeue(b, now); got != wantRequeue {
 			t.Errorf("%s: requeue after %v, want %v", what, got, wantRequeue)
-		}
-		if got := nextExpiry(spec, []lanmonitorv1alpha1.IPBlock{*b}, now); got != wantRequeue {
-			t.Errorf("%s: node requeue after %v, want %v", what, got, wantRequeue)
 		}
 	}
 	step("at t0", t0, false, maxExpiryWait)

@@ -17,15 +17,15 @@ import (
 	"github.com/lanmonitor/lanmonitor/controllers"
 )
 
-// specBlocks lists the IPBlocks of a LanMonitorNode's spec, sorted.
-func specBlocks(t testing.TB, node string) []string {
+// appliedBlocks lists the IPBlocks a node's agent reports applied, sorted.
+func appliedBlocks(t testing.TB, node string) []string {
 	t.Helper()
 	var n lanmonitorv1alpha1.LanMonitorNode
 	if err := env.Client.Get(context.Background(), client.ObjectKey{Name: node}, &n); err != nil {
 		t.Fatal(err)
 	}
 	out := []string{}
-	for _, r := range n.Spec.IPBlocks {
+	for _, r := range n.Status.IPBlocks {
 		out = append(out, r.Name)
 	}
 	slices.Sort(out)
@@ -90,7 +90,7 @@ func TestExpiryClockSteps(t *testing.T) {
 	if got, want := expiredState(t, "temporary"), `Expired=False/NotExpired "expires at 2030-01-01T13:00:00Z" current=true; Enforced=True/Enforced`; got != want {
 		t.Errorf("before expiresAt: %s, want %s", got, want)
 	}
-	if got, want := specBlocks(t, "node-1"), []string{"long", "temporary"}; !slices.Equal(got, want) {
+	if got, want := appliedBlocks(t, "node-1"), []string{"long", "temporary"}; !slices.Equal(got, want) {
 		t.Errorf("spec before expiresAt: %v, want %v", got, want)
 	}
 
@@ -99,7 +99,7 @@ func TestExpiryClockSteps(t *testing.T) {
 	touchNode(t, "node-1", "forward")
 	lifted := `Expired=True/Expired "expired at 2030-01-01T13:00:00Z and lifted from every node" current=true; Enforced=False/Expired`
 	eventually(t, 10*time.Second, func() error {
-		if got, want := specBlocks(t, "node-1"), []string{"long"}; !slices.Equal(got, want) {
+		if got, want := appliedBlocks(t, "node-1"), []string{"long"}; !slices.Equal(got, want) {
 			return fmt.Errorf("spec %v, want %v", got, want)
 		}
 		if got := expiredState(t, "temporary"); got != lifted {
@@ -115,7 +115,7 @@ func TestExpiryClockSteps(t *testing.T) {
 		t.Helper()
 		deadline := time.Now().Add(time.Second)
 		for time.Now().Before(deadline) {
-			if got := specBlocks(t, "node-1"); !slices.Equal(got, want) {
+			if got := appliedBlocks(t, "node-1"); !slices.Equal(got, want) {
 				t.Fatalf("%s: spec %v, want %v", step, got, want)
 			}
 			if got := expiredState(t, "temporary"); got != lifted {
@@ -143,7 +143,7 @@ func TestExpiryClockSteps(t *testing.T) {
 	clk.SetTime(t0.Add(30 * 24 * time.Hour))
 	touchNode(t, "node-1", "resumed")
 	eventually(t, 10*time.Second, func() error {
-		if got, want := specBlocks(t, "node-1"), []string{"marker", "marker-2"}; !slices.Equal(got, want) {
+		if got, want := appliedBlocks(t, "node-1"), []string{"marker", "marker-2"}; !slices.Equal(got, want) {
 			return fmt.Errorf("spec %v, want %v", got, want)
 		}
 		want := `Expired=True/Expired "expired at 2030-01-02T12:00:00Z and lifted from every node" current=true; Enforced=False/Expired`

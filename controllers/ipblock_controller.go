@@ -2,7 +2,6 @@ package controllers
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -28,16 +27,13 @@ import (
 	"github.com/lanmonitor/lanmonitor/internal/prefixes"
 )
 
-// exhaustedRetry is how often a block waiting for a free rule ID tries again.
-const exhaustedRetry = 30 * time.Second
-
-// IPBlockReconciler assigns IPBlock rule IDs, expires blocks, computes the
-// protected addresses a block covers, and rolls the node reports up into the
-// block's status: node counts, summed per-rule counters and the Enforced,
-// PartiallyEnforced and Expired conditions.
+// IPBlockReconciler marks blocks expired, computes the protected addresses a
+// block covers, and rolls the node reports up into the block's status: node
+// counts, summed per-rule counters and the Enforced, PartiallyEnforced and
+// Expired conditions. It is not in the enforcement path: the agents watch
+// the IPBlocks and decide themselves which apply to their node.
 type IPBlockReconciler struct {
 	client.Client
-	ids     *ruleIDs
 	limiter *writeLimiter
 	expiry  *expiry
 }
@@ -49,7 +45,7 @@ type IPBlockReconciler struct {
 // +kubebuilder:rbac:groups=discovery.k8s.io,resources=endpointslices,verbs=get;list;watch
 
 // Reconcile computes the block's status and writes it when it changed: at
-// once when the rule ID, observedGeneration or a condition changed,
+// once when observedGeneration or a condition changed,
 // otherwise (counters, node counts, messages) at most once per report
 // interval (the shortest of the monitors on the block's nodes). It runs again
 // exactly at spec.expiresAt, or at most maxExpiryWait later (expiresAt is
@@ -57,7 +53,6 @@ type IPBlockReconciler struct {
 func (r *IPBlockReconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
 	var b lanmonitorv1alpha1.IPBlock
 	if err := r.Get(ctx, req.NamespacedName, &b); apierrors.IsNotFound(err) {
-		r.ids.forget(req.Name)
 		r.limiter.forget(req.Name)
 		r.expiry.forget(req.Name)
 		return reconcile.Result{}, nil
@@ -66,10 +61,6 @@ func (r *IPBlockReconciler) Reconcile(ctx context.Context, req reconcile.Request
 	}
 	if b.DeletionTimestamp != nil || r.limiter.behind(b.Name, b.ResourceVersion) {
 		return reconcile.Result{}, nil
-	}
-	id, err := r.ids.ensure(ctx, r.Client, &b)
-	if err != nil && !errors.Is(err, errRuleIDsExhausted) {
-		return reconcile.Result{}, err
 	}
 	var nodes corev1.NodeList
 	if err := r.List(ctx, &nodes, client.UnsafeDisableDeepCopy); err != nil {
@@ -86,21 +77,16 @@ func (r *IPBlockReconciler) Reconcile(ctx context.Context, req reconcile.Request
 	now := time.Now()      // monotonic: the write limiter's
 	wall := r.expiry.now() // what expiresAt is compared with
 	isExpired := r.expiry.expired(&b, wall)
-	status, interval := blockStatus(&b, id, nodes.Items, lmns.Items, endpoints, isExpired)
+	status, interval := blockStatus(&b, nodes.Items, lmns.Items, endpoints, isExpired)
 
 	var result reconcile.Result
 	if !isExpired {
 		result.RequeueAfter = expiryRequeue(&b, wall)
 	}
-	if id == 0 && (result.RequeueAfter == 0 || result.RequeueAfter > exhaustedRetry) {
-		// No event announces that an ID became safe to reuse (that is a
-		// node dropping another block's rule from its status), so look again.
-		result.RequeueAfter = exhaustedRetry
-	}
 	if equality.Semantic.DeepEqual(b.Status, status) {
 		return result, nil
 	}
-	urgent := b.Status.RuleID != status.RuleID || b.Status.ObservedGeneration != status.ObservedGeneration ||
+	urgent := b.Status.ObservedGeneration != status.ObservedGeneration ||
 		conditionsShift(b.Status.Conditions, status.Conditions)
 	if !urgent {
 		if wait := r.limiter.wait(b.Name, interval, now); wait > 0 {
@@ -117,30 +103,29 @@ func (r *IPBlockReconciler) Reconcile(ctx context.Context, req reconcile.Request
 	}
 	if wrote {
 		r.limiter.wrote(b.Name, rv, b.ResourceVersion, now)
-		log.FromContext(ctx).V(1).Info("wrote status", "urgent", urgent, "ruleID", status.RuleID,
+		log.FromContext(ctx).V(1).Info("wrote status", "urgent", urgent,
 			"desired", status.Nodes.Desired, "enforced", status.Nodes.Enforced)
 	}
 	return result, nil
 }
 
-// blockStatus computes b's status, given its rule ID (0: none available)
-// and whether it has expired, and the interval at which its rollup may be
-// written.
+// blockStatus computes b's status, given whether it has expired, and the
+// interval at which its rollup may be written.
 //
 // The nodes a block applies to are the nodes with a LanMonitorNode that runs
-// at least one monitor and whose labels match spec.nodeSelector. A node
-// counts as enforced only when its report names the block's current rule ID
-// and metadata.generation; Enforced is True only when every such node does.
-// Counters sum the reports that carry the current rule ID; once the block
-// expired they keep the largest sums seen, as the nodes drop their reports.
-func blockStatus(b *lanmonitorv1alpha1.IPBlock, id int32, nodes []corev1.Node, lmns []lanmonitorv1alpha1.LanMonitorNode,
+// at least one monitor and whose labels match spec.nodeSelector (the agents
+// decide the same way). A node counts as enforced only when its report
+// names the block's current metadata.generation; Enforced is True only when
+// every such node does. Counters sum the nodes' reports of the block (each
+// node keeps them under its own rule ID); once the block expired they keep
+// the largest sums seen, as the nodes drop their reports.
+func blockStatus(b *lanmonitorv1alpha1.IPBlock, nodes []corev1.Node, lmns []lanmonitorv1alpha1.LanMonitorNode,
 	apiEndpoints []string, isExpired bool) (lanmonitorv1alpha1.IPBlockStatus, time.Duration) {
 	st := lanmonitorv1alpha1.IPBlockStatus{
 		ObservedGeneration: b.Generation,
-		RuleID:             id,
 		Conditions:         slices.Clone(b.Status.Conditions),
 	}
-	sel, selErr := selector(b.Spec.NodeSelector)
+	sel, selErr := lanmonitorv1alpha1.NodeSelector(b.Spec.NodeSelector)
 	byName := make(map[string]*corev1.Node, len(nodes))
 	for i := range nodes {
 		byName[nodes[i].Name] = &nodes[i]
@@ -150,7 +135,7 @@ func blockStatus(b *lanmonitorv1alpha1.IPBlock, id int32, nodes []corev1.Node, l
 	var (
 		reported []netip.Prefix // exemptions the agents report
 		pending  []string       // desired nodes that have not applied the current generation
-		capped   int            // desired nodes whose spec is full of blocks with lower rule IDs
+		still    int            // nodes that still report the block
 		interval time.Duration
 	)
 	for i := range lmns {
@@ -159,7 +144,8 @@ func blockStatus(b *lanmonitorv1alpha1.IPBlock, id int32, nodes []corev1.Node, l
 		if j := slices.IndexFunc(lmn.Status.IPBlocks, func(s lanmonitorv1alpha1.NodeIPBlockStatus) bool { return s.Name == b.Name }); j >= 0 {
 			rep = &lmn.Status.IPBlocks[j]
 		}
-		if rep != nil && id != 0 && rep.RuleID == id {
+		if rep != nil {
+			still++
 			st.MatchedPackets += rep.MatchedPackets
 			st.DroppedPackets += rep.DroppedPackets
 			for _, a := range rep.ExemptedAddresses {
@@ -169,7 +155,7 @@ func blockStatus(b *lanmonitorv1alpha1.IPBlock, id int32, nodes []corev1.Node, l
 			}
 		}
 		node := byName[lmn.Name]
-		if isExpired || id == 0 || selErr != nil || node == nil || lmn.DeletionTimestamp != nil ||
+		if isExpired || selErr != nil || node == nil || lmn.DeletionTimestamp != nil ||
 			len(lmn.Spec.Interfaces) == 0 || !sel.Matches(labels.Set(node.Labels)) {
 			continue
 		}
@@ -181,15 +167,11 @@ func blockStatus(b *lanmonitorv1alpha1.IPBlock, id int32, nodes []corev1.Node, l
 				interval = is.ReportInterval.Duration
 			}
 		}
-		if rep != nil && rep.RuleID == id && rep.Generation == b.Generation {
+		if rep != nil && rep.Generation == b.Generation {
 			st.Nodes.Enforced++
 			continue
 		}
 		pending = append(pending, lmn.Name)
-		if refs := lmn.Spec.IPBlocks; len(refs) >= lanmonitorv1alpha1.MaxNodeIPBlocks && refs[len(refs)-1].RuleID < id &&
-			!slices.ContainsFunc(refs, func(r lanmonitorv1alpha1.NodeIPBlockRef) bool { return r.Name == b.Name }) {
-			capped++
-		}
 	}
 	if interval <= 0 {
 		interval = lanmonitorv1alpha1.DefaultReportInterval
@@ -215,8 +197,12 @@ func blockStatus(b *lanmonitorv1alpha1.IPBlock, id int32, nodes []corev1.Node, l
 		setCondition(&st.Conditions, typ, status, reason, msg, gen)
 	}
 	if isExpired {
-		set(lanmonitorv1alpha1.ConditionExpired, true, lanmonitorv1alpha1.ReasonExpired,
-			fmt.Sprintf("expired at %s and lifted from every node", b.Spec.ExpiresAt.UTC().Format(time.RFC3339)))
+		at := b.Spec.ExpiresAt.UTC().Format(time.RFC3339)
+		if still > 0 {
+			set(lanmonitorv1alpha1.ConditionExpired, true, lanmonitorv1alpha1.ReasonLifting, fmt.Sprintf("expired at %s; %d node(s) still report it", at, still))
+		} else {
+			set(lanmonitorv1alpha1.ConditionExpired, true, lanmonitorv1alpha1.ReasonExpired, fmt.Sprintf("expired at %s and lifted from every node", at))
+		}
 	} else if b.Spec.ExpiresAt != nil {
 		set(lanmonitorv1alpha1.ConditionExpired, false, lanmonitorv1alpha1.ReasonNotExpired,
 			"expires at "+b.Spec.ExpiresAt.UTC().Format(time.RFC3339))
@@ -228,8 +214,6 @@ func blockStatus(b *lanmonitorv1alpha1.IPBlock, id int32, nodes []corev1.Node, l
 		set(lanmonitorv1alpha1.ConditionEnforced, false, lanmonitorv1alpha1.ReasonExpired, "the block expired")
 	case selErr != nil:
 		set(lanmonitorv1alpha1.ConditionEnforced, false, lanmonitorv1alpha1.ReasonInvalidNodeSelector, "spec.nodeSelector: "+selErr.Error())
-	case id == 0:
-		set(lanmonitorv1alpha1.ConditionEnforced, false, lanmonitorv1alpha1.ReasonRuleIDsExhausted, errRuleIDsExhausted.Error())
 	case d == 0:
 		set(lanmonitorv1alpha1.ConditionEnforced, false, lanmonitorv1alpha1.ReasonNoMatchingNodes,
 			"no monitored node matches spec.nodeSelector")
@@ -239,9 +223,6 @@ func blockStatus(b *lanmonitorv1alpha1.IPBlock, id int32, nodes []corev1.Node, l
 			msg += " (Audit: matching packets are counted and passed)"
 		}
 		set(lanmonitorv1alpha1.ConditionEnforced, true, lanmonitorv1alpha1.ReasonEnforced, msg)
-	case capped > 0:
-		set(lanmonitorv1alpha1.ConditionEnforced, false, lanmonitorv1alpha1.ReasonTooManyIPBlocks,
-			fmt.Sprintf("%d node(s) already carry %d IPBlocks with lower rule IDs; %s", capped, lanmonitorv1alpha1.MaxNodeIPBlocks, applying))
 	default:
 		set(lanmonitorv1alpha1.ConditionEnforced, false, lanmonitorv1alpha1.ReasonApplying, applying)
 	}
@@ -276,7 +257,6 @@ func isExpiredCondition(b *lanmonitorv1alpha1.IPBlock) bool {
 
 // SetupWithManager registers the reconciler.
 func (r *IPBlockReconciler) SetupWithManager(mgr ctrl.Manager, workers int) error {
-	r.ids = newRuleIDs()
 	r.limiter = newWriteLimiter()
 	if r.expiry == nil {
 		r.expiry = newExpiry(nil)
@@ -311,15 +291,10 @@ func (r *IPBlockReconciler) allBlocks(ctx context.Context, _ client.Object) []re
 	return reqs
 }
 
-// ipBlockEntries maps a LanMonitorNode to its per-IPBlock spec and status
-// entries, by IPBlock name.
+// ipBlockEntries maps a LanMonitorNode to its per-IPBlock status entries,
+// by IPBlock name.
 func ipBlockEntries(n *lanmonitorv1alpha1.LanMonitorNode) map[string][2]any {
 	out := map[string][2]any{}
-	for i := range n.Spec.IPBlocks {
-		e := out[n.Spec.IPBlocks[i].Name]
-		e[0] = &n.Spec.IPBlocks[i]
-		out[n.Spec.IPBlocks[i].Name] = e
-	}
 	for i := range n.Status.IPBlocks {
 		e := out[n.Status.IPBlocks[i].Name]
 		e[1] = &n.Status.IPBlocks[i]

@@ -1,15 +1,14 @@
 package controllers_test
 
 import (
-	"cmp"
 	"context"
 	"fmt"
-	"maps"
 	"net/netip"
 	"slices"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -74,114 +73,153 @@ func waitEnforced(t testing.TB, name string, want int32) *lanmonitorv1alpha1.IPB
 	return &b
 }
 
-// TestRuleIDs: rule IDs are unique, survive a controller restart, and a
-// freed ID is reused only once no node mentions it.
-func TestRuleIDs(t *testing.T) {
+// TestIPBlocksWithoutNodeWrites: the agents watch the IPBlocks and their
+// Node themselves. Creating, editing and deleting IPBlocks reaches every
+// selected node's maps with no LanMonitorNode write; a node's labels
+// decide which blocks apply (and a label change reaches the agent through
+// its Node watch); each node keeps its own rule IDs, taking them back from
+// its status when its agent restarts.
+func TestIPBlocksWithoutNodeWrites(t *testing.T) {
 	t.Cleanup(func() { cleanup(t) })
 	ctx := context.Background()
-	createNodes(t, node{name: "node-1"}, node{name: "node-2"})
-	ctl := startController(t, true)
+	createNodes(t, node{name: "node-1", labels: map[string]string{"zone": "a"}}, node{name: "node-2"})
+	ctl := startController(t, false)
 	create(t, monitor("lan", time.Second))
 	agents := startAgents(t, agentOptions{}, "node-1", "node-2")
-
-	names := []string{"b1", "b2", "b3", "b4", "b5"}
-	for i, n := range names {
-		create(t, ipBlock(n, fmt.Sprintf("198.18.0.%d", i+1)))
-	}
-	ids := map[string]int32{}
-	for _, n := range names {
-		ids[n] = waitEnforced(t, n, 2).Status.RuleID
-	}
-	var got []int32
-	for _, n := range names {
-		got = append(got, ids[n])
-	}
-	slices.Sort(got)
-	if want := []int32{1, 2, 3, 4, 5}; !slices.Equal(got, want) {
-		t.Fatalf("rule IDs %v, want %v (unique, lowest first)", got, want)
-	}
-
-	// Restart: a new manager (after the old one released the lease) keeps
-	// every ID.
-	ctl.stop()
-	startController(t, true)
-	create(t, ipBlock("b6", "198.18.0.6"))
-	if id := waitEnforced(t, "b6", 2).Status.RuleID; id != 6 {
-		t.Errorf("b6 rule ID %d, want 6", id)
-	}
-	for _, n := range names {
-		if id := getBlock(t, n).Status.RuleID; id != ids[n] {
-			t.Errorf("%s rule ID %d after restart, want %d", n, id, ids[n])
-		}
-	}
-
-	// Free an ID while node-2's agent is down: its status still holds the
-	// rule, so the ID must not be handed out again.
-	freed := ids["b2"]
-	if err := agents["node-2"].Stop(); err != nil {
-		t.Fatal(err)
-	}
-	if err := env.Client.Delete(ctx, getBlock(t, "b2")); err != nil {
-		t.Fatal(err)
-	}
-	create(t, ipBlock("b7", "198.18.0.7"))
-	eventually(t, 10*time.Second, func() error {
-		if id := getBlock(t, "b7").Status.RuleID; id != 7 {
-			return fmt.Errorf("b7 rule ID %d, want 7 (%d is still reported by node-2)", id, freed)
+	eventually(t, 20*time.Second, func() error {
+		if r := getMonitor(t, "lan").Status.Nodes.Ready; r != 2 {
+			return fmt.Errorf("%d nodes ready", r)
 		}
 		return nil
 	})
-	// node-2's agent comes back, applies the spec without b2 and with b7.
-	startAgents(t, agentOptions{}, "node-2")
-	waitEnforced(t, "b7", 2)
-	create(t, ipBlock("b8", "198.18.0.8"))
-	if id := waitEnforced(t, "b8", 2).Status.RuleID; id != freed {
-		t.Errorf("b8 rule ID %d, want the freed %d", id, freed)
+	specWrites := func() int { return ctl.writes.snapshot()["patch *v1alpha1.LanMonitorNode"] }
+	before := specWrites()
+	generations := map[string]int64{}
+	for _, n := range []string{"node-1", "node-2"} {
+		generations[n] = getNode(t, n).Generation
+	}
+	// source is the source table of a node's maps, as "prefix=ruleID".
+	source := func(a *testAgent) []string {
+		var out []string
+		for p, r := range a.datapath(t).Tables()[bpf.TableSource] {
+			out = append(out, fmt.Sprintf("%s=%d", p, r.ID))
+		}
+		slices.Sort(out)
+		return out
+	}
+	// want is what a node's maps must hold: its status' rule IDs for the
+	// blocks' CIDRs.
+	want := func(node string, blocks map[string][]string) []string {
+		ids := map[string]int32{}
+		for _, r := range getNode(t, node).Status.IPBlocks {
+			ids[r.Name] = r.RuleID
+		}
+		var out []string
+		for name, cidrs := range blocks {
+			for _, c := range cidrs {
+				out = append(out, fmt.Sprintf("%s=%d", c, ids[name]))
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	expect := func(step string, blocks map[string]map[string][]string) {
+		t.Helper()
+		eventually(t, 10*time.Second, func() error {
+			for node, bs := range blocks {
+				if got, w := source(agents[node]), want(node, bs); !slices.Equal(got, w) {
+					return fmt.Errorf("%s: %s maps %v, want %v", step, node, got, w)
+				}
+			}
+			return nil
+		})
 	}
 
-	// A hand-edited status claiming another block's ID: the older block
-	// keeps it, the newer gets its own back.
+	all := ipBlock("all", "198.18.1.0/24")
+	zoneA := ipBlock("zone-a", "198.18.2.0/24")
+	zoneA.Spec.NodeSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"zone": "a"}}
+	create(t, all, zoneA)
+	waitEnforced(t, "all", 2)
+	waitEnforced(t, "zone-a", 1)
+	expect("created", map[string]map[string][]string{
+		"node-1": {"all": {"198.18.1.0/24"}, "zone-a": {"198.18.2.0/24"}},
+		"node-2": {"all": {"198.18.1.0/24"}},
+	})
+
+	updateBlock(t, "all", func(s *lanmonitorv1alpha1.IPBlockSpec) { s.CIDRs = []string{"198.18.1.0/24", "198.18.3.0/24"} })
+	if b := waitEnforced(t, "all", 2); b.Generation != 2 {
+		t.Fatalf("all at generation %d, want 2", b.Generation)
+	}
+	expect("edited", map[string]map[string][]string{
+		"node-1": {"all": {"198.18.1.0/24", "198.18.3.0/24"}, "zone-a": {"198.18.2.0/24"}},
+		"node-2": {"all": {"198.18.1.0/24", "198.18.3.0/24"}},
+	})
+
+	// node-2 joins zone a.
 	if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		b8 := getBlock(t, "b8")
-		b8.Status.RuleID = ids["b1"]
-		return env.Client.Status().Update(ctx, b8)
+		var n corev1.Node
+		if err := env.Client.Get(ctx, client.ObjectKey{Name: "node-2"}, &n); err != nil {
+			return err
+		}
+		n.Labels = map[string]string{"zone": "a"}
+		return env.Client.Update(ctx, &n)
 	}); err != nil {
 		t.Fatal(err)
 	}
+	waitEnforced(t, "zone-a", 2)
+	expect("labelled", map[string]map[string][]string{
+		"node-2": {"all": {"198.18.1.0/24", "198.18.3.0/24"}, "zone-a": {"198.18.2.0/24"}},
+	})
+
+	// node-2's agent restarts and takes its rule IDs back from its
+	// status: here IDs its agent did not choose (as a 0.2 controller's
+	// would be), written while no agent runs.
+	if err := agents["node-2"].Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		l := getNode(t, "node-2")
+		for i := range l.Status.IPBlocks {
+			l.Status.IPBlocks[i].RuleID = map[string]int32{"all": 7, "zone-a": 9}[l.Status.IPBlocks[i].Name]
+		}
+		return env.Client.Status().Update(ctx, l)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	agents["node-2"] = startAgents(t, agentOptions{}, "node-2")["node-2"]
 	eventually(t, 10*time.Second, func() error {
-		if id := getBlock(t, "b8").Status.RuleID; id != freed {
-			return fmt.Errorf("b8 rule ID %d, want %d", id, freed)
+		if got, w := source(agents["node-2"]), []string{"198.18.1.0/24=7", "198.18.2.0/24=9", "198.18.3.0/24=7"}; !slices.Equal(got, w) {
+			return fmt.Errorf("restarted node-2's maps %v, want %v", got, w)
 		}
 		return nil
 	})
-	if id := getBlock(t, "b1").Status.RuleID; id != ids["b1"] {
-		t.Errorf("b1 rule ID %d, want %d", id, ids["b1"])
+
+	if err := env.Client.Delete(ctx, getBlock(t, "zone-a")); err != nil {
+		t.Fatal(err)
 	}
-	// Every node carries each rule ID once, in rule ID order. b1 to b5
-	// got 1 to 5 in the order their creations raced (checked above), so
-	// the expectation uses the IDs observed: b8 holds b2's, b6 and b7
-	// got 6 and 7.
-	final := map[string]int32{"b1": ids["b1"], "b3": ids["b3"], "b4": ids["b4"], "b5": ids["b5"], "b6": 6, "b7": 7, "b8": freed}
-	byID := slices.Collect(maps.Keys(final))
-	slices.SortFunc(byID, func(a, b string) int { return cmp.Compare(final[a], final[b]) })
-	var want []string
-	for _, n := range byID {
-		want = append(want, fmt.Sprintf("%s=%d", n, final[n]))
-	}
-	eventually(t, 10*time.Second, func() error {
-		var lmn lanmonitorv1alpha1.LanMonitorNode
-		if err := env.Client.Get(ctx, client.ObjectKey{Name: "node-1"}, &lmn); err != nil {
-			return err
-		}
-		var refs []string
-		for _, r := range lmn.Spec.IPBlocks {
-			refs = append(refs, fmt.Sprintf("%s=%d", r.Name, r.RuleID))
-		}
-		if !slices.Equal(refs, want) {
-			return fmt.Errorf("node-1 ipBlocks %v, want %v", refs, want)
-		}
-		return nil
+	expect("deleted", map[string]map[string][]string{
+		"node-1": {"all": {"198.18.1.0/24", "198.18.3.0/24"}},
+		"node-2": {"all": {"198.18.1.0/24", "198.18.3.0/24"}},
 	})
+
+	if w := specWrites() - before; w != 0 {
+		t.Errorf("%d LanMonitorNode writes for IPBlock changes, want 0", w)
+	}
+	for n, g := range generations {
+		if got := getNode(t, n).Generation; got != g {
+			t.Errorf("%s: LanMonitorNode generation %d, was %d: its spec changed", n, got, g)
+		}
+	}
+}
+
+// getNode returns the LanMonitorNode of node.
+func getNode(t testing.TB, node string) *lanmonitorv1alpha1.LanMonitorNode {
+	t.Helper()
+	var l lanmonitorv1alpha1.LanMonitorNode
+	if err := env.Client.Get(context.Background(), client.ObjectKey{Name: node}, &l); err != nil {
+		t.Fatal(err)
+	}
+	return &l
 }
 
 // TestExpiry: a block is lifted from every node, and marked Expired, within
@@ -230,7 +268,7 @@ func TestExpiry(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, n := range l.Items {
-			if slices.ContainsFunc(n.Spec.IPBlocks, func(r lanmonitorv1alpha1.NodeIPBlockRef) bool { return r.Name == "temporary" }) {
+			if slices.ContainsFunc(n.Status.IPBlocks, func(r lanmonitorv1alpha1.NodeIPBlockStatus) bool { return r.Name == "temporary" }) {
 				return false
 			}
 		}

@@ -159,7 +159,7 @@ func monitorStatus(m *lanmonitorv1alpha1.LanMonitor, monitors []monitorSel, node
 	}
 
 	gen := m.Generation
-	_, selErr := selector(m.Spec.NodeSelector)
+	_, selErr := lanmonitorv1alpha1.NodeSelector(m.Spec.NodeSelector)
 	d, rd := st.Nodes.Desired, st.Nodes.Ready
 	switch {
 	case selErr != nil:

@@ -6,14 +6,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
@@ -30,24 +28,23 @@ import (
 
 // NodeReconciler keeps one LanMonitorNode per node that some LanMonitor
 // selects, named after the node: its spec (the resolved configuration of
-// every monitor that runs there, and the IPBlocks that apply) and its owner
-// references (every selecting monitor, for garbage collection). It deletes
-// the object when no monitor selects the node any more or the node is gone.
-// The request key is the node name.
+// every monitor that runs there, with the API server's addresses protected)
+// and its owner references (every selecting monitor, for garbage
+// collection). It deletes the object when no monitor selects the node any
+// more or the node is gone. IPBlocks are not its business: the agents watch
+// them, so an IPBlock change writes no LanMonitorNode. The request key is
+// the node name.
 type NodeReconciler struct {
 	client.Client
-	expiry *expiry
 }
 
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
 // +kubebuilder:rbac:groups=discovery.k8s.io,resources=endpointslices,verbs=get;list;watch
 // +kubebuilder:rbac:groups=lanmonitor.io,resources=lanmonitors,verbs=get;list;watch
-// +kubebuilder:rbac:groups=lanmonitor.io,resources=ipblocks,verbs=get;list;watch
 // +kubebuilder:rbac:groups=lanmonitor.io,resources=lanmonitornodes,verbs=get;list;watch;create;patch;delete
 
 // Reconcile computes the node's LanMonitorNode and writes it when it differs.
 func (r *NodeReconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
-	now := r.expiry.now() // the wall clock expiresAt is compared with
 	var current lanmonitorv1alpha1.LanMonitorNode
 	exists := true
 	if err := r.Get(ctx, req.NamespacedName, &current); apierrors.IsNotFound(err) {
@@ -71,20 +68,19 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, req reconcile.Request) (
 		return reconcile.Result{}, r.deleteIfExists(ctx, &current, exists, "no LanMonitor selects the node")
 	}
 
-	var blocks lanmonitorv1alpha1.IPBlockList
-	if err := r.List(ctx, &blocks, client.UnsafeDisableDeepCopy); err != nil {
-		return reconcile.Result{}, err
-	}
 	endpoints, err := apiServerEndpoints(ctx, r)
 	if err != nil {
 		return reconcile.Result{}, err
 	}
-	spec := nodeSpec(plan, &node, blocks.Items, endpoints, func(b *lanmonitorv1alpha1.IPBlock) bool { return r.expiry.expired(b, now) })
+	spec := nodeSpec(plan, endpoints)
+	if exists && current.Status.AgentVersion == "" {
+		// A 0.2 agent enforces what the 0.2 controller listed: keep it
+		// until the node runs an agent that watches the IPBlocks itself.
+		spec.IPBlocks = current.Spec.IPBlocks
+	}
 	owners := ownerRefs(plan.selected)
-	result := reconcile.Result{RequeueAfter: nextExpiry(spec, blocks.Items, now)}
-
 	if exists && equality.Semantic.DeepEqual(current.Spec, spec) && equality.Semantic.DeepEqual(ourOwners(current.OwnerReferences), owners) {
-		return result, nil
+		return reconcile.Result{}, nil
 	}
 	body, err := json.Marshal(map[string]any{
 		"apiVersion": lanmonitorv1alpha1.GroupVersion.String(),
@@ -99,8 +95,8 @@ func (r *NodeReconciler) Reconcile(ctx context.Context, req reconcile.Request) (
 	if err := r.Patch(ctx, obj, client.RawPatch(types.ApplyPatchType, body), client.FieldOwner(FieldManager), client.ForceOwnership); err != nil {
 		return reconcile.Result{}, fmt.Errorf("apply LanMonitorNode %q: %w", node.Name, err)
 	}
-	log.FromContext(ctx).V(1).Info("applied LanMonitorNode", "interfaces", len(spec.Interfaces), "ipBlocks", len(spec.IPBlocks))
-	return result, nil
+	log.FromContext(ctx).V(1).Info("applied LanMonitorNode", "interfaces", len(spec.Interfaces), "legacyIPBlocks", len(spec.IPBlocks))
+	return reconcile.Result{}, nil
 }
 
 func (r *NodeReconciler) deleteIfExists(ctx context.Context, lmn *lanmonitorv1alpha1.LanMonitorNode, exists bool, why string) error {
@@ -119,51 +115,13 @@ func (r *NodeReconciler) deleteIfExists(ctx context.Context, lmn *lanmonitorv1al
 }
 
 // nodeSpec is the desired spec of a node's LanMonitorNode: one interface per
-// winning monitor (sorted by monitor name) and the IPBlocks that apply
-// (sorted by rule ID): not those isExpired says have expired.
-func nodeSpec(plan nodePlan, node *corev1.Node, blocks []lanmonitorv1alpha1.IPBlock, apiEndpoints []string,
-	isExpired func(*lanmonitorv1alpha1.IPBlock) bool) lanmonitorv1alpha1.LanMonitorNodeSpec {
+// winning monitor, sorted by monitor name.
+func nodeSpec(plan nodePlan, apiEndpoints []string) lanmonitorv1alpha1.LanMonitorNodeSpec {
 	var spec lanmonitorv1alpha1.LanMonitorNodeSpec
 	for _, m := range plan.winners {
 		spec.Interfaces = append(spec.Interfaces, interfaceSpec(m, apiEndpoints))
 	}
 	slices.SortFunc(spec.Interfaces, func(a, b lanmonitorv1alpha1.NodeInterfaceSpec) int { return cmp.Compare(a.Monitor, b.Monitor) })
-
-	set := labels.Set(node.Labels)
-	var applicable []*lanmonitorv1alpha1.IPBlock
-	for i := range blocks {
-		b := &blocks[i]
-		if b.DeletionTimestamp != nil || b.Status.RuleID <= 0 || isExpired(b) {
-			continue
-		}
-		sel, err := selector(b.Spec.NodeSelector)
-		if err != nil || !sel.Matches(set) {
-			continue
-		}
-		applicable = append(applicable, b)
-	}
-	// Sort by rule ID; of two blocks claiming one ID (a hand-edited status,
-	// until the IPBlock controller reassigns one) only the older is sent.
-	slices.SortFunc(applicable, func(a, b *lanmonitorv1alpha1.IPBlock) int {
-		if c := cmp.Compare(a.Status.RuleID, b.Status.RuleID); c != 0 {
-			return c
-		}
-		if c := a.CreationTimestamp.Compare(b.CreationTimestamp.Time); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.Name, b.Name)
-	})
-	for _, b := range applicable {
-		if n := len(spec.IPBlocks); n > 0 && spec.IPBlocks[n-1].RuleID == b.Status.RuleID {
-			continue
-		}
-		if len(spec.IPBlocks) == lanmonitorv1alpha1.MaxNodeIPBlocks {
-			break // the IPBlock controller reports TooManyIPBlocks for the rest
-		}
-		spec.IPBlocks = append(spec.IPBlocks, lanmonitorv1alpha1.NodeIPBlockRef{
-			Name: b.Name, RuleID: b.Status.RuleID, Generation: b.Generation,
-		})
-	}
 	return spec
 }
 
@@ -221,39 +179,17 @@ func ourOwners(refs []metav1.OwnerReference) []metav1.OwnerReference {
 	return out
 }
 
-// nextExpiry is how long until the first IPBlock in spec expires, 0 if none
-// will: the reconcile then runs again exactly at expiresAt and lifts it. It
-// is at most maxExpiryWait, so that a clock step or a suspend, which the
-// requeue's timer does not see, delays lifting by that much at most.
-func nextExpiry(spec lanmonitorv1alpha1.LanMonitorNodeSpec, blocks []lanmonitorv1alpha1.IPBlock, now time.Time) time.Duration {
-	var next time.Duration
-	for i := range blocks {
-		b := &blocks[i]
-		if b.Spec.ExpiresAt == nil || !slices.ContainsFunc(spec.IPBlocks, func(r lanmonitorv1alpha1.NodeIPBlockRef) bool { return r.Name == b.Name }) {
-			continue
-		}
-		if d := expiryRequeue(b, now); d > 0 && (next == 0 || d < next) {
-			next = d
-		}
-	}
-	return next
-}
-
 // SetupWithManager registers the reconciler with workers reconciles in parallel.
 func (r *NodeReconciler) SetupWithManager(mgr ctrl.Manager, workers int) error {
-	if r.expiry == nil {
-		r.expiry = newExpiry(nil)
-	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("lanmonitornode").
 		For(&corev1.Node{}, builder.WithPredicates(labelsChanged())).
-		// Spec drift (someone else edited or deleted the object).
+		// Spec drift (someone else edited or deleted the object), and the
+		// node's agent reporting its version (the legacy spec.ipBlocks go).
 		Watches(&lanmonitorv1alpha1.LanMonitorNode{}, &handler.EnqueueRequestForObject{},
-			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+			builder.WithPredicates(predicate.Or[client.Object](predicate.GenerationChangedPredicate{}, agentVersionReported()))).
 		Watches(&lanmonitorv1alpha1.LanMonitor{}, handler.EnqueueRequestsFromMapFunc(r.allNodes),
 			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
-		Watches(&lanmonitorv1alpha1.IPBlock{}, handler.EnqueueRequestsFromMapFunc(r.monitoredNodes),
-			builder.WithPredicates(ipBlockPlacementChanged())).
 		Watches(&discoveryv1.EndpointSlice{}, handler.EnqueueRequestsFromMapFunc(r.monitoredNodes)).
 		WithOptions(controller.Options{MaxConcurrentReconciles: workers}).
 		Complete(r)
@@ -294,18 +230,16 @@ func labelsChanged() predicate.Predicate {
 	}}
 }
 
-// ipBlockPlacementChanged passes the IPBlock events that change what
-// LanMonitorNode specs carry: a block with a rule ID appearing or going, a
-// new generation, a rule ID assigned, the block expiring.
-func ipBlockPlacementChanged() predicate.Predicate {
+// agentVersionReported passes the updates in which a LanMonitorNode's
+// status.agentVersion appears.
+func agentVersionReported() predicate.Predicate {
 	return predicate.Funcs{
-		CreateFunc: func(e event.CreateEvent) bool {
-			return e.Object.(*lanmonitorv1alpha1.IPBlock).Status.RuleID != 0
-		},
+		CreateFunc: func(event.CreateEvent) bool { return false },
+		DeleteFunc: func(event.DeleteEvent) bool { return false },
 		UpdateFunc: func(e event.UpdateEvent) bool {
-			o, n := e.ObjectOld.(*lanmonitorv1alpha1.IPBlock), e.ObjectNew.(*lanmonitorv1alpha1.IPBlock)
-			return o.Generation != n.Generation || o.Status.RuleID != n.Status.RuleID ||
-				isExpiredCondition(o) != isExpiredCondition(n) || (o.DeletionTimestamp == nil) != (n.DeletionTimestamp == nil)
+			o, ok1 := e.ObjectOld.(*lanmonitorv1alpha1.LanMonitorNode)
+			n, ok2 := e.ObjectNew.(*lanmonitorv1alpha1.LanMonitorNode)
+			return ok1 && ok2 && o.Status.AgentVersion == "" && n.Status.AgentVersion != ""
 		},
 	}
 }

@@ -13,14 +13,6 @@ import (
 	lanmonitorv1alpha1 "github.com/lanmonitor/lanmonitor/api/v1alpha1"
 )
 
-// selector parses a LabelSelector; unset and empty select everything.
-func selector(s *metav1.LabelSelector) (labels.Selector, error) {
-	if s == nil {
-		return labels.Everything(), nil
-	}
-	return metav1.LabelSelectorAsSelector(s)
-}
-
 // monitorSel is a LanMonitor with its parsed node selector.
 type monitorSel struct {
 	m   *lanmonitorv1alpha1.LanMonitor
@@ -37,7 +29,7 @@ func parseMonitors(items []lanmonitorv1alpha1.LanMonitor) []monitorSel {
 		if m.DeletionTimestamp != nil {
 			continue
 		}
-		sel, err := selector(m.Spec.NodeSelector)
+		sel, err := lanmonitorv1alpha1.NodeSelector(m.Spec.NodeSelector)
 		if err != nil {
 			sel = nil
 		}

@@ -47,11 +47,10 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	if opts.StatusWorkers <= 0 {
 		opts.StatusWorkers = 2
 	}
-	exp := newExpiry(opts.Clock) // shared: a block seen expired by either stays lifted for both
-	if err := (&NodeReconciler{Client: mgr.GetClient(), expiry: exp}).SetupWithManager(mgr, opts.NodeWorkers); err != nil {
+	if err := (&NodeReconciler{Client: mgr.GetClient()}).SetupWithManager(mgr, opts.NodeWorkers); err != nil {
 		return fmt.Errorf("set up LanMonitorNode controller: %w", err)
 	}
-	if err := (&IPBlockReconciler{Client: mgr.GetClient(), expiry: exp}).SetupWithManager(mgr, opts.StatusWorkers); err != nil {
+	if err := (&IPBlockReconciler{Client: mgr.GetClient(), expiry: newExpiry(opts.Clock)}).SetupWithManager(mgr, opts.StatusWorkers); err != nil {
 		return fmt.Errorf("set up IPBlock controller: %w", err)
 	}
 	if err := (&LanMonitorReconciler{Client: mgr.GetClient()}).SetupWithManager(mgr, opts.StatusWorkers); err != nil {

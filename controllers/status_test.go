@@ -18,11 +18,11 @@ func TestStatusWriteRejectsStale(t *testing.T) {
 	b := ipBlock("stale", "198.18.0.1")
 	create(t, b)
 	stale := b.DeepCopy()
-	wrote, err := controllers.ApplyStatus(ctx, env.Client, b.DeepCopy(), "IPBlock", lanmonitorv1alpha1.IPBlockStatus{RuleID: 1})
+	wrote, err := controllers.ApplyStatus(ctx, env.Client, b.DeepCopy(), "IPBlock", lanmonitorv1alpha1.IPBlockStatus{MatchedPackets: 1})
 	if !wrote || err != nil {
 		t.Fatalf("first write: wrote %v, err %v", wrote, err)
 	}
-	wrote, err = controllers.ApplyStatus(ctx, env.Client, stale, "IPBlock", lanmonitorv1alpha1.IPBlockStatus{RuleID: 2})
+	wrote, err = controllers.ApplyStatus(ctx, env.Client, stale, "IPBlock", lanmonitorv1alpha1.IPBlockStatus{MatchedPackets: 2})
 	if wrote || err != nil {
 		t.Fatalf("stale write: wrote %v, err %v; want not written, no error", wrote, err)
 	}
@@ -30,7 +30,7 @@ func TestStatusWriteRejectsStale(t *testing.T) {
 	if err := env.Client.Get(ctx, client.ObjectKey{Name: "stale"}, &got); err != nil {
 		t.Fatal(err)
 	}
-	if got.Status.RuleID != 1 {
-		t.Errorf("rule ID %d, want 1 (the stale write must not land)", got.Status.RuleID)
+	if got.Status.MatchedPackets != 1 {
+		t.Errorf("matchedPackets %d, want 1 (the stale write must not land)", got.Status.MatchedPackets)
 	}
 }

@@ -2,7 +2,21 @@ package v1alpha1
 
 import (
 	"fmt"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 )
+
+// NodeSelector parses a LanMonitor's or IPBlock's spec.nodeSelector: nil
+// and empty select every node. Errors: the selector does not parse (an
+// unknown operator, an invalid label value), as
+// metav1.LabelSelectorAsSelector reports them.
+func NodeSelector(s *metav1.LabelSelector) (labels.Selector, error) {
+	if s == nil {
+		return labels.Everything(), nil
+	}
+	return metav1.LabelSelectorAsSelector(s)
+}
 
 // XDPMode selects how the XDP program is attached to an interface.
 //

@@ -50,13 +50,13 @@ const (
 	// ReasonNotApplied (PartiallyEnforced=False): no node applied the current
 	// generation yet.
 	ReasonNotApplied = "NotApplied"
-	// ReasonRuleIDsExhausted (Enforced=False): every rule ID is in use.
-	ReasonRuleIDsExhausted = "RuleIDsExhausted"
-	// ReasonTooManyIPBlocks (Enforced=False): some node already carries
-	// MaxNodeIPBlocks blocks with lower rule IDs.
-	ReasonTooManyIPBlocks = "TooManyIPBlocks"
-	// ReasonExpired (Expired=True, Enforced=False): spec.expiresAt has passed.
+	// ReasonExpired (Expired=True, Enforced=False): spec.expiresAt has
+	// passed, and no node reports the block any more.
 	ReasonExpired = "Expired"
+	// ReasonLifting (Expired=True): spec.expiresAt has passed; some nodes
+	// still report the block (their agents lift it at the same wall time,
+	// or on seeing Expired=True).
+	ReasonLifting = "Lifting"
 	// ReasonNotExpired (Expired=False): spec.expiresAt is unset or in the future.
 	ReasonNotExpired = "NotExpired"
 )

@@ -90,13 +90,6 @@ type IPBlockStatus struct {
 	// +kubebuilder:validation:Minimum=0
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 
-	// ruleID is the block's rule number in the datapath, unique among all
-	// IPBlocks and kept for the block's lifetime. 0 (unset) means not assigned yet.
-	// +optional
-	// +kubebuilder:validation:Minimum=0
-	// +kubebuilder:validation:Maximum=65535
-	RuleID int32 `json:"ruleID,omitempty"`
-
 	// nodes counts the desired nodes and those that applied the current generation.
 	// +optional
 	Nodes BlockNodeCounts `json:"nodes,omitzero"`

@@ -73,8 +73,8 @@ type NodeInterfaceSpec struct {
 	FlowSampling int32 `json:"flowSampling,omitempty"`
 }
 
-// NodeIPBlockRef names an IPBlock that applies to the node. The agent reads
-// the CIDRs from its own IPBlock watch once it has this generation.
+// NodeIPBlockRef names an IPBlock that applied to the node, as lanmonitor
+// 0.2 controllers wrote it (see LanMonitorNodeSpec.IPBlocks).
 type NodeIPBlockRef struct {
 	// name is the IPBlock's name.
 	// +required
@@ -82,7 +82,7 @@ type NodeIPBlockRef struct {
 	// +kubebuilder:validation:MaxLength=253
 	Name string `json:"name"`
 
-	// ruleID is the IPBlock's rule ID (status.ruleID).
+	// ruleID was the IPBlock's rule ID, assigned by the 0.2 controller.
 	// +required
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=65535
@@ -104,7 +104,12 @@ type LanMonitorNodeSpec struct {
 	// +kubebuilder:validation:MaxItems=32
 	Interfaces []NodeInterfaceSpec `json:"interfaces,omitempty"`
 
-	// ipBlocks are the IPBlocks that apply to this node, sorted by rule ID.
+	// ipBlocks is deprecated: lanmonitor 0.2 controllers listed here the
+	// IPBlocks of the node, and 0.2 agents enforce what it lists. Agents
+	// since 0.3 watch the IPBlocks and their Node themselves and ignore
+	// it. The controller leaves it as it was written until the node's
+	// agent reports status.agentVersion, so that blocking holds through an
+	// upgrade, then removes it.
 	// +optional
 	// +listType=map
 	// +listMapKey=name
@@ -203,7 +208,9 @@ type NodeIPBlockStatus struct {
 	// +kubebuilder:validation:MaxLength=253
 	Name string `json:"name"`
 
-	// ruleID is the rule ID the counters belong to.
+	// ruleID is the rule ID the agent gave the block on this node: the
+	// counters in its maps are kept under it. Each agent keeps its own
+	// (an agent that restarts takes them back from this status).
 	// +required
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=65535
@@ -267,6 +274,12 @@ type LanMonitorNodeStatus struct {
 	// lastReportTime is when the agent last read the counters it reports.
 	// +optional
 	LastReportTime *metav1.Time `json:"lastReportTime,omitempty"`
+
+	// agentVersion is the version of the agent that wrote this status
+	// (lanmonitor 0.3 and later).
+	// +optional
+	// +kubebuilder:validation:MaxLength=64
+	AgentVersion string `json:"agentVersion,omitempty"`
 }
 
 // LanMonitorNode is one node's resolved configuration (spec, written by the

@@ -66,10 +66,11 @@ const (
 	tagA = "e2e-a"
 	tagB = "e2e-b"
 	// previousRelease is the commit whose chart and images are installed
-	// first and upgraded to this tree's: main when the chart shipped its
-	// CRDs in crds/ only (which helm upgrade leaves alone) and the agent
-	// served plain HTTP. Move it forward when a release is cut.
-	previousRelease = "05afa4acfba01fa143087df1d4c0dbdecafda666"
+	// first and upgraded to this tree's: chart 0.2.0, whose controller
+	// listed every IPBlock in each node's LanMonitorNode spec (with
+	// controller-assigned rule IDs) for agents that enforced that list.
+	// Move it forward when a release is cut.
+	previousRelease = "ed30fabdd070d4709756b8c2214099e3648d18f4"
 	tagPrevious     = "e2e-previous"
 	// The LanMonitor's report interval: short, so the test is quick.
 	reportInterval = 2 * time.Second
@@ -205,9 +206,16 @@ func TestCluster(t *testing.T) {
 		})
 		s.applyObjects()
 		s.blockedBurst()
-		const oldMessage, newMessage = "must be an IPv4 or IPv6 address or CIDR", "IPv4-mapped IPv6 (::ffff:a.b.c.d) is refused"
-		if msg := s.refusedIPBlock("::ffff:198.18.0.99"); !strings.Contains(msg, oldMessage) || strings.Contains(msg, newMessage) {
-			t.Errorf("before the upgrade, a v4-mapped CIDR is refused with %q, want the previous CRD's message %q", msg, oldMessage)
+		// The 0.2 controller gave the block a rule ID, listed it in the
+		// node's spec, and the 0.2 agent counts under that ID.
+		var before struct {
+			Status struct {
+				RuleID int32 `json:"ruleID"`
+			} `json:"status"`
+		}
+		s.getJSON(&before, "ipblocks.lanmonitor.io", blockName)
+		if before.Status.RuleID == 0 || len(s.lanMonitorNode().Spec.IPBlocks) != 1 {
+			t.Fatalf("before the upgrade: rule ID %d, node spec.ipBlocks %v; want an ID and the block listed", before.Status.RuleID, s.lanMonitorNode().Spec.IPBlocks)
 		}
 		s.step("helm upgrade from the previous release", func() {
 			s.acrossRollover("helm upgrade from the previous release", tagA, func() {
@@ -220,11 +228,19 @@ func TestCluster(t *testing.T) {
 			// controller itself.
 			s.kubectlRun("-n", namespace, "rollout", "status", "deployment/"+release+"-controller", "--timeout=2m")
 		})
-		// The pre-upgrade hook applied this chart's CRDs: the API server
-		// validates with them.
-		if msg := s.refusedIPBlock("::ffff:198.18.0.99"); !strings.Contains(msg, newMessage) || !strings.Contains(msg, "spec.cidrs[0]") {
-			t.Errorf("after the upgrade, a v4-mapped CIDR is refused with %q, want this chart's CRD message %q naming spec.cidrs[0]", msg, newMessage)
+		// The pre-upgrade hook applied this chart's CRDs: the new agent's
+		// status.agentVersion is stored, and then the controller drops the
+		// legacy spec.ipBlocks. The agent kept the block's rule ID (its
+		// counters; acrossRollover checked DROPPED exact).
+		var lmn v1alpha1.LanMonitorNode
+		s.waitFor(30*time.Second, "the agent's version in the status, the legacy spec.ipBlocks gone", func() bool {
+			lmn = s.lanMonitorNode()
+			return lmn.Status.AgentVersion != "" && len(lmn.Spec.IPBlocks) == 0
+		})
+		if len(lmn.Status.IPBlocks) != 1 || lmn.Status.IPBlocks[0].RuleID != before.Status.RuleID {
+			t.Errorf("after the upgrade the node reports %+v, want %s under rule ID %d", lmn.Status.IPBlocks, blockName, before.Status.RuleID)
 		}
+		s.t.Logf("after the upgrade: agent %s, %s under rule ID %d", lmn.Status.AgentVersion, blockName, before.Status.RuleID)
 		upgraded = !t.Failed()
 	})
 	ok = ok && t.Run("helm install: pods Ready with least privilege", func(t *testing.T) {
@@ -525,25 +541,12 @@ func (s *suite) buildPrevious() {
 	s.previousChart = filepath.Join(dir, "charts/lanmonitor")
 }
 
-// refusedIPBlock creates an IPBlock of one CIDR that the API server must
-// refuse, and returns its message.
-func (s *suite) refusedIPBlock(cidr string) string {
+// lanMonitorNode reads the node's LanMonitorNode.
+func (s *suite) lanMonitorNode() v1alpha1.LanMonitorNode {
 	s.t.Helper()
-	cmd := s.kubectlCmd("create", "-f", "-")
-	cmd.Stdin = strings.NewReader(fmt.Sprintf(`apiVersion: lanmonitor.io/v1alpha1
-kind: IPBlock
-metadata:
-  name: refused
-spec:
-  cidrs: [%q]
-  mode: Enforce
-`, cidr))
-	out, err := cmd.CombinedOutput()
-	if err == nil {
-		s.kubectlCmd("delete", "ipblock", "refused").Run()
-		s.t.Fatalf("an IPBlock of %s was accepted", cidr)
-	}
-	return strings.TrimSpace(string(out))
+	var n v1alpha1.LanMonitorNode
+	s.getJSON(&n, "lanmonitornodes.lanmonitor.io", s.env.NodeName)
+	return n
 }
 
 // installValues are the only changes to the chart: the local images, and

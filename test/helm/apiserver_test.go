@@ -348,6 +348,11 @@ func TestInstall(t *testing.T) {
 	if err := agent.List(ctx, &ipbs); err != nil {
 		t.Errorf("agent listing IPBlocks: %v", err)
 	}
+	// Its own Node, whose labels decide which IPBlocks apply (absent here:
+	// NotFound, not Forbidden).
+	if err := agent.Get(ctx, client.ObjectKey{Name: "node-a"}, &corev1.Node{}); err != nil && !apierrors.IsNotFound(err) {
+		t.Errorf("agent reading its Node: %v", err)
+	}
 	w, err := agent.Watch(ctx, &lanmonitorv1alpha1.LanMonitorNodeList{}, client.MatchingFields{"metadata.name": "node-a"})
 	if err != nil {
 		t.Errorf("agent watching LanMonitorNodes: %v", err)
@@ -373,7 +378,7 @@ func TestInstall(t *testing.T) {
 		Spec: lanmonitorv1alpha1.IPBlockSpec{CIDRs: []string{"198.18.0.1"}}})
 	forbidden["patch IPBlock status"] = agent.Status().Patch(ctx, &lanmonitorv1alpha1.IPBlock{ObjectMeta: metav1.ObjectMeta{Name: "x"}},
 		client.RawPatch(types.MergePatchType, []byte(`{"status":{}}`)))
-	forbidden["get Node"] = agent.Get(ctx, client.ObjectKey{Name: "node-a"}, &corev1.Node{})
+	forbidden["update Node"] = agent.Update(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a"}})
 	forbidden["list Secrets"] = agent.List(ctx, &corev1.SecretList{}, client.InNamespace(ns))
 	for what, err := range forbidden {
 		if !apierrors.IsForbidden(err) {

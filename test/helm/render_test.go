@@ -407,6 +407,7 @@ func unstructuredSlice(obj map[string]any, fields ...string) ([]any, bool, error
 // and IPBlocks, patch LanMonitorNode status. Nothing more.
 var agentRules = []rbacv1.PolicyRule{
 	{APIGroups: []string{"lanmonitor.io"}, Resources: []string{"ipblocks", "lanmonitornodes"}, Verbs: []string{"get", "list", "watch"}},
+	{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "list", "watch"}},
 	{APIGroups: []string{"lanmonitor.io"}, Resources: []string{"lanmonitornodes/status"}, Verbs: []string{"patch"}},
 }
 
