@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os"
 	"slices"
 	"sync"
 	"testing"
@@ -13,31 +14,41 @@ import (
 	"github.com/lanmonitor/lanmonitor/agent/kernel"
 	"github.com/lanmonitor/lanmonitor/agent/kernel/fake"
 	"github.com/lanmonitor/lanmonitor/bpf"
+	"github.com/lanmonitor/lanmonitor/internal/testenv"
 )
 
-// BenchmarkController measures the controller with real agents
-// (agent.RunKubernetes on kernel/fake) on the real API server (run with e.g.
-// -bench=Controller -benchtime=20x):
+// BenchmarkController measures the control plane with real agents
+// (agent.RunKubernetes on kernel/fake, each with its own watches) on the real
+// API server, at 100 and at 1,000 nodes (run with e.g. -bench=Controller
+// -benchtime=20x):
 //
 //   - IPBlockPropagation: time from creating an IPBlock until its prefix is
-//     in every node's maps (the fake datapath's rule tables), 100 nodes
-//     each tracking 100 talkers (p50-ms, p99-ms over b.N blocks).
+//     in every node's maps (the fake datapath's rule tables), each node
+//     tracking 100 talkers (p50-ms, p99-ms over b.N blocks); the
+//     controller's API writes per IPBlock created (its status rollup); the
+//     API server's, etcd's and this process's (controller and agents) CPU
+//     during the measurement, in cores, and their resident memory.
 //   - WritesPerInterval: API writes per node per report interval while every
-//     agent's counters change continuously, 100 nodes, 1s interval.
-//   - StatusSize: JSON size of the LanMonitor (and IPBlock), every node
-//     reporting 100 distinct talkers (topN 100, the maximum), at 100 and
-//     1,000 nodes.
+//     agent's counters change continuously, 1s interval.
+//   - StatusSize: JSON size of the LanMonitor and an IPBlock, every node
+//     reporting 100 distinct talkers (topN 100, the maximum).
 //
 // The framework runs each sub-benchmark once with b.N=1 before the real
 // run; the measurements that do not depend on b.N are taken once and
 // reported by both runs.
 func BenchmarkController(b *testing.B) {
-	const nodes = 100
+	for _, nodes := range []int{100, 1000} {
+		b.Run(fmt.Sprintf("nodes=%d", nodes), func(b *testing.B) { benchControlPlane(b, nodes) })
+	}
+}
+
+func benchControlPlane(b *testing.B, nodes int) {
 	cleanup(b)
 	names := make([]string, nodes)
 	for i := range names {
-		names[i] = fmt.Sprintf("node-%03d", i)
+		names[i] = fmt.Sprintf("node-%04d", i)
 	}
+	start := time.Now()
 	parallel(b, nodes, 16, func(i int) error {
 		createNodes(b, node{name: names[i]})
 		return nil
@@ -46,40 +57,60 @@ func BenchmarkController(b *testing.B) {
 	create(b, monitor("lan", time.Second))
 	tracker := newMapTracker()
 	agents := startAgents(b, agentOptions{setup: func(n string, k *fake.Kernel) { k.OnSync(tracker.node(n)) }}, names...)
-	for i, n := range names {
-		agents[n].receive(b, talkers(i, 100)...)
-	}
+	parallel(b, nodes, 16, func(i int) error {
+		agents[names[i]].receive(b, talkers(i, 100)...)
+		return nil
+	})
+	eventually(b, 5*time.Minute, func() error {
+		if r := getMonitor(b, "lan").Status.Nodes.Ready; r != int32(nodes) {
+			return fmt.Errorf("%d of %d nodes ready", r, nodes)
+		}
+		return nil
+	})
+	b.Logf("%d nodes, their agents attached and reporting, after %v", nodes, time.Since(start))
 
-	b.Run("IPBlockPropagation/nodes=100", func(b *testing.B) {
+	b.Run("IPBlockPropagation", func(b *testing.B) {
 		var lat []time.Duration
+		var ctlWrites int
+		usage := startUsage(b)
 		for i := range b.N {
 			name := fmt.Sprintf("bench-%d", i)
 			prefix := netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(i), 0}), 24)
-			start := time.Now()
+			before := ctl.writes.snapshot()
+			t0 := time.Now()
 			create(b, ipBlock(name, prefix.String()))
 			tracker.wait(b, prefix, nodes)
-			lat = append(lat, time.Since(start))
+			lat = append(lat, time.Since(t0))
+			waitEnforced(b, name, int32(nodes))
+			// Let the rollup settle (its writes are limited to one per
+			// report interval), then count them.
+			time.Sleep(2 * time.Second)
+			for k, v := range ctl.writes.snapshot() {
+				ctlWrites += v - before[k]
+			}
 			if err := env.Client.Delete(context.Background(), ipBlock(name)); err != nil {
 				b.Fatal(err)
 			}
 			tracker.wait(b, prefix, 0)
-			// Let the deletion's tail (rollups, cache updates) settle, so
+			// Let the deletion's tail (statuses, cache updates) settle, so
 			// that each sample measures one change on a quiet cluster.
 			time.Sleep(time.Second)
 		}
+		metrics := usage.stop()
 		slices.Sort(lat)
 		pct := func(p float64) float64 {
 			return float64(lat[int(p*float64(len(lat)-1)+0.5)]) / float64(time.Millisecond)
 		}
-		b.ReportMetric(pct(0.5), "p50-ms")
-		b.ReportMetric(pct(0.99), "p99-ms")
-		b.ReportMetric(0, "ns/op")
+		metrics["p50-ms"] = pct(0.5)
+		metrics["p99-ms"] = pct(0.99)
+		metrics["controller-writes/block"] = float64(ctlWrites) / float64(b.N)
+		reportAll(b, metrics)
 	})
 
 	// The sub-benchmarks below measure once, whatever b.N: one measurement
 	// takes 10 to 60 seconds.
 	var writes map[string]float64
-	b.Run("WritesPerInterval/nodes=100", func(b *testing.B) {
+	b.Run("WritesPerInterval", func(b *testing.B) {
 		defer func() { reportAll(b, writes) }()
 		if writes != nil {
 			return
@@ -114,34 +145,40 @@ func BenchmarkController(b *testing.B) {
 			ctlWrites += v - ctlBefore[k]
 		}
 		writes = map[string]float64{
-			"agent-writes/node/interval": float64(agentWrites) / (nodes * intervals),
+			"agent-writes/node/interval": float64(agentWrites) / float64(nodes*intervals),
 			"controller-writes/interval": float64(ctlWrites) / intervals,
-			"writes/node/interval":       float64(ctlWrites+agentWrites) / (nodes * intervals),
+			"writes/node/interval":       float64(ctlWrites+agentWrites) / float64(nodes*intervals),
 		}
 	})
 
-	var size100 map[string]float64
-	b.Run("StatusSize/nodes=100", func(b *testing.B) {
-		defer func() { reportAll(b, size100) }()
-		if size100 != nil {
+	var sizes map[string]float64
+	b.Run("StatusSize", func(b *testing.B) {
+		defer func() { reportAll(b, sizes) }()
+		if sizes != nil {
 			return
 		}
+		create(b, ipBlock("scanners", "198.19.0.0/16"))
+		waitEnforced(b, "scanners", int32(nodes))
 		m := getMonitor(b, "lan")
 		m.Spec.TopN = 100
 		if err := env.Client.Update(context.Background(), m); err != nil {
 			b.Fatal(err)
 		}
 		var size int
-		eventually(b, 30*time.Second, func() error {
+		eventually(b, 2*time.Minute, func() error {
 			m := getMonitor(b, "lan")
-			if m.Status.Nodes.Ready != nodes || len(m.Status.TopTalkers) != 100 {
+			if m.Status.Nodes.Ready != int32(nodes) || len(m.Status.TopTalkers) != 100 {
 				return fmt.Errorf("nodes %+v, %d talkers", m.Status.Nodes, len(m.Status.TopTalkers))
 			}
 			data, err := json.Marshal(m)
 			size = len(data)
 			return err
 		})
-		size100 = map[string]float64{"lanmonitor-bytes": float64(size)}
+		data, err := json.Marshal(getBlock(b, "scanners"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		sizes = map[string]float64{"lanmonitor-bytes": float64(size), "ipblock-bytes": float64(len(data))}
 	})
 
 	for _, a := range agents {
@@ -151,21 +188,6 @@ func BenchmarkController(b *testing.B) {
 	}
 	ctl.stop()
 	cleanup(b)
-
-	var size1000 map[string]float64
-	b.Run("StatusSize/nodes=1000", func(b *testing.B) {
-		defer func() { reportAll(b, size1000) }()
-		if size1000 != nil {
-			return
-		}
-		startController(b, false)
-		m := monitor("lan", time.Second)
-		m.Spec.TopN = 100
-		create(b, m, ipBlock("scanners", "198.18.0.0/15"))
-		sizes := reportFromNodes(b, 1000, "lan", "scanners")
-		size1000 = map[string]float64{"lanmonitor-bytes": float64(sizes.monitor), "ipblock-bytes": float64(sizes.block)}
-		cleanup(b)
-	})
 }
 
 // reportAll reports metrics, and hides ns/op (meaningless here).
@@ -238,4 +260,51 @@ func (t *mapTracker) wait(b *testing.B, p netip.Prefix, nodes int) {
 			b.Fatalf("%s in the maps of %d nodes after 30s, want %d", p, t.count(p), nodes)
 		}
 	}
+}
+
+// usage measures the CPU (cores, averaged) and resident memory (MiB, at the
+// end) of the API server, etcd and this process (the controller and every
+// agent) between startUsage and stop.
+type usage struct {
+	b     *testing.B
+	t0    time.Time
+	pids  map[string]int
+	start map[string]float64
+}
+
+func startUsage(b *testing.B) *usage {
+	apiserver, _, err := testenv.APIServerProcess(env.Config.Host)
+	if err != nil {
+		b.Fatal(err)
+	}
+	etcd, err := testenv.EtcdProcess()
+	if err != nil {
+		b.Fatal(err)
+	}
+	u := &usage{b: b, t0: time.Now(), pids: map[string]int{"apiserver": apiserver, "etcd": etcd, "test-process": os.Getpid()},
+		start: map[string]float64{}}
+	for name, pid := range u.pids {
+		if u.start[name], err = testenv.ProcessCPU(pid); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return u
+}
+
+func (u *usage) stop() map[string]float64 {
+	elapsed := time.Since(u.t0).Seconds()
+	out := map[string]float64{}
+	for name, pid := range u.pids {
+		cpu, err := testenv.ProcessCPU(pid)
+		if err != nil {
+			u.b.Fatal(err)
+		}
+		rss, err := testenv.ProcessRSS(pid)
+		if err != nil {
+			u.b.Fatal(err)
+		}
+		out[name+"-cores"] = (cpu - u.start[name]) / elapsed
+		out[name+"-MiB"] = float64(rss) / (1 << 20)
+	}
+	return out
 }
