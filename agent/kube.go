@@ -56,6 +56,12 @@ type KubernetesOptions struct {
 	// Manager options (pin root, network namespace, map sizes, logger,
 	// the kernel).
 	Manager Options
+	// TuneMemoryLimit retunes the Go runtime's soft memory limit after each
+	// blocklist change (see the function): for an agent that has its
+	// process to itself, as lanmonitor-agent does. Agents sharing a process
+	// (a benchmark of many simulated nodes) leave it off: each retune
+	// forces a collection of the whole process's heap.
+	TuneMemoryLimit bool
 	// HTTPClient and Mapper, when set, are shared with other agents of the
 	// same process instead of each opening its own (many simulated nodes
 	// in one benchmark); nil means the agent's own, from RESTConfig.
@@ -92,7 +98,7 @@ func RunKubernetes(ctx context.Context, o KubernetesOptions) error {
 		return err
 	}
 	a := &nodeAgent{o: o, log: o.Manager.Logger.With("node", o.NodeName), clock: clock.RealClock{},
-		managers: map[string]*Manager{}, failures: map[string]string{}, wake: make(chan struct{}, 1)}
+		managers: map[string]*Manager{}, failures: map[string]string{}, wake: make(chan struct{}, 1), writeWake: make(chan struct{}, 1)}
 	if !o.Serving.Disabled {
 		lns, err := o.Serving.bind()
 		if err != nil {
@@ -169,6 +175,9 @@ func RunKubernetes(ctx context.Context, o KubernetesOptions) error {
 	if !c.WaitForCacheSync(ctx) {
 		return errors.New("cache did not sync with the API server")
 	}
+	var writer sync.WaitGroup
+	defer writer.Wait()
+	writer.Go(func() { a.writeStatus(ctx) })
 	return errors.Join(a.run(ctx), a.closeAll(o.CleanupOnExit))
 }
 
@@ -196,11 +205,26 @@ type nodeAgent struct {
 	// the block's.
 	ruleIDs map[string]uint32
 
-	synced     bool // the first sync is done (ready)
-	lastStatus *v1alpha1.LanMonitorNodeStatus
+	synced     bool                           // the first sync is done (ready)
+	lastStatus *v1alpha1.LanMonitorNodeStatus // the status last written
 	lastUID    types.UID
 	lastWrite  time.Time
-	writes     int
+	// pending is the newest status to write (writeStatus writes it, so
+	// that applying a change never waits for the API server); writeWake
+	// tells writeStatus; gone is the UID of a LanMonitorNode the API
+	// server says is deleted.
+	pending   *statusWrite
+	writeWake chan struct{}
+	gone      types.UID
+}
+
+// statusWrite is a status to write into LanMonitorNode name (UID uid);
+// base is the status it had, for when the agent has written none yet.
+type statusWrite struct {
+	name   string
+	uid    types.UID
+	status v1alpha1.LanMonitorNodeStatus
+	base   *v1alpha1.LanMonitorNodeStatus
 }
 
 func (a *nodeAgent) poke() {
@@ -285,6 +309,15 @@ func (a *nodeAgent) sync(ctx context.Context) (time.Duration, error) {
 	} else if err != nil {
 		return maxIdle, err
 	}
+	a.mu.Lock()
+	gone := lmn.UID != "" && a.gone == lmn.UID
+	a.mu.Unlock()
+	if gone {
+		// The API server said the object is deleted, though the cache,
+		// still catching up (after an API server outage its watch may
+		// back off for a while), has it: nothing selects this node.
+		lmn = v1alpha1.LanMonitorNode{}
+	}
 	var node corev1.Node
 	if err := a.cache.Get(ctx, client.ObjectKey{Name: a.o.NodeName}, &node, client.UnsafeDisableDeepCopy); err != nil && !apierrors.IsNotFound(err) {
 		return maxIdle, err
@@ -296,7 +329,9 @@ func (a *nodeAgent) sync(ctx context.Context) (time.Duration, error) {
 	fresh := a.reconcile(lmn.Spec.Interfaces, blocks)
 	if gens := blockGenerations(blocks); fresh || gens != a.appliedBlocks {
 		a.appliedBlocks = gens
-		TuneMemoryLimit() // after a blocklist change: the heap's size changed
+		if a.o.TuneMemoryLimit {
+			TuneMemoryLimit() // after a blocklist change: the heap's size changed
+		}
 	}
 	wait := expiryWait(now, expiry)
 	a.mu.Lock()
@@ -310,16 +345,8 @@ func (a *nodeAgent) sync(ctx context.Context) (time.Duration, error) {
 	}
 	// The managers report every interval; the status follows them.
 	wait = min(wait, reportInterval(lmn.Spec.Interfaces))
-	err = a.report(ctx, &lmn, blocks, fresh)
-	if apierrors.IsNotFound(err) {
-		// The object is gone though the cache, still catching up (after
-		// an API server outage its watch may back off for a while),
-		// has it: nothing selects this node any more.
-		a.log.Info("LanMonitorNode deleted; releasing every interface")
-		a.reconcile(nil, nil)
-		return wait, nil
-	}
-	return wait, err
+	a.report(&lmn, blocks, fresh)
+	return wait, nil
 }
 
 // cachedBlock is a Block built from one generation of an IPBlock.
@@ -559,38 +586,96 @@ func (a *nodeAgent) interfaceConfig(is v1alpha1.NodeInterfaceSpec, blocks []Bloc
 	return cfg, nil
 }
 
-// report writes the status when it changed: at once when fresh, otherwise
-// at most once per report interval.
-func (a *nodeAgent) report(ctx context.Context, lmn *v1alpha1.LanMonitorNode, blocks []Block, fresh bool) error {
+// report has the status written when it changed: at once when fresh,
+// otherwise at most once per report interval.
+func (a *nodeAgent) report(lmn *v1alpha1.LanMonitorNode, blocks []Block, fresh bool) {
 	a.mu.Lock()
+	defer a.mu.Unlock()
 	st := a.status(lmn, blocks)
 	last := a.lastStatus
 	if last == nil || a.lastUID != lmn.UID {
-		last = lmn.Status.DeepCopy()
+		last = &lmn.Status
 		fresh = true
 	}
 	prev := last.DeepCopy()
 	prev.LastReportTime = nil
 	interval := reportInterval(lmn.Spec.Interfaces)
 	if equality.Semantic.DeepEqual(*prev, st) || (!fresh && !appliedChanged(prev, &st) && time.Since(a.lastWrite) < interval) {
-		a.mu.Unlock()
-		return nil
+		return
 	}
-	a.mu.Unlock()
+	a.pending = &statusWrite{name: lmn.Name, uid: lmn.UID, status: st, base: lmn.Status.DeepCopy()}
+	select {
+	case a.writeWake <- struct{}{}:
+	default:
+	}
+}
 
-	now := metav1.Now()
-	st.LastReportTime = &now
-	base := &v1alpha1.LanMonitorNode{ObjectMeta: metav1.ObjectMeta{Name: lmn.Name}, Status: *last}
-	obj := base.DeepCopy()
-	obj.Status = st
-	if err := a.client.Status().Patch(ctx, obj, client.MergeFrom(base), client.FieldOwner(FieldManager)); err != nil {
-		return fmt.Errorf("patch LanMonitorNode %s status: %w", lmn.Name, err)
+// writeStatus writes the pending status, the newest one only, until ctx
+// ends: a merge patch of the status subresource from the status last
+// written. A failed write is tried again a second later, unless a newer
+// status replaced it; a LanMonitorNode that is gone (NotFound) releases
+// every interface at the next sync.
+func (a *nodeAgent) writeStatus(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.writeWake:
+		}
+		a.mu.Lock()
+		w := a.pending
+		a.pending = nil
+		var base *v1alpha1.LanMonitorNodeStatus
+		if w != nil {
+			base = w.base
+			if a.lastStatus != nil && a.lastUID == w.uid {
+				base = a.lastStatus.DeepCopy()
+			}
+		}
+		a.mu.Unlock()
+		if w == nil {
+			continue
+		}
+		prev := base.DeepCopy()
+		prev.LastReportTime = nil
+		if equality.Semantic.DeepEqual(*prev, w.status) {
+			continue // what the last write left
+		}
+		st := w.status
+		now := metav1.Now()
+		st.LastReportTime = &now
+		old := &v1alpha1.LanMonitorNode{ObjectMeta: metav1.ObjectMeta{Name: w.name}, Status: *base}
+		obj := old.DeepCopy()
+		obj.Status = st
+		err := a.client.Status().Patch(ctx, obj, client.MergeFrom(old), client.FieldOwner(FieldManager))
+		switch {
+		case err == nil:
+			a.mu.Lock()
+			a.lastStatus, a.lastUID, a.lastWrite = st.DeepCopy(), w.uid, time.Now()
+			a.mu.Unlock()
+		case apierrors.IsNotFound(err):
+			a.log.Info("LanMonitorNode deleted; releasing every interface")
+			a.mu.Lock()
+			a.gone = w.uid
+			a.mu.Unlock()
+			a.poke()
+		case ctx.Err() != nil:
+			return
+		default:
+			a.log.Error("write the LanMonitorNode status; trying again in a second", "error", err)
+			a.mu.Lock()
+			if a.pending == nil {
+				a.pending = w
+			}
+			a.mu.Unlock()
+			time.AfterFunc(time.Second, func() {
+				select {
+				case a.writeWake <- struct{}{}:
+				default:
+				}
+			})
+		}
 	}
-	a.mu.Lock()
-	a.lastStatus, a.lastUID, a.lastWrite = st.DeepCopy(), lmn.UID, time.Now()
-	a.writes++
-	a.mu.Unlock()
-	return nil
 }
 
 // appliedChanged: an IPBlock generation applied or an attachment changed,

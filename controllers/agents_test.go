@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -48,12 +49,10 @@ type agentOptions struct {
 	setup func(node string, k *fake.Kernel)
 }
 
-// agentConn is the API server connection the agents of a test binary
-// share (one process opening 1,000 transports and discoveries would
-// measure the test, not the agents).
+// agentConn is the REST mapper the agents of a test binary share (1,000
+// discoveries would measure the test, not the agents).
 var agentConn struct {
 	once   sync.Once
-	hc     *http.Client
 	mapper meta.RESTMapper
 	err    error
 }
@@ -63,9 +62,11 @@ var agentConn struct {
 func startAgents(t testing.TB, o agentOptions, nodes ...string) map[string]*testAgent {
 	t.Helper()
 	agentConn.once.Do(func() {
-		if agentConn.hc, agentConn.err = rest.HTTPClientFor(env.Config); agentConn.err == nil {
-			agentConn.mapper, agentConn.err = apiutil.NewDynamicRESTMapper(env.Config, agentConn.hc)
+		hc, err := rest.HTTPClientFor(env.Config)
+		if err == nil {
+			agentConn.mapper, err = apiutil.NewDynamicRESTMapper(env.Config, hc)
 		}
+		agentConn.err = err
 	})
 	if agentConn.err != nil {
 		t.Fatal(agentConn.err)
@@ -80,11 +81,20 @@ func startAgents(t testing.TB, o agentOptions, nodes ...string) map[string]*test
 		ctx, cancel := context.WithCancel(context.Background())
 		a := &testAgent{Node: n, Kernel: k, cancel: cancel, done: make(chan struct{})}
 		log := slog.New(&errorCounter{n: &a.errors, Handler: logHandler()})
+		// Its own connection to the API server, as on its own node: a
+		// config with a dialer is not served from client-go's transport
+		// cache, which would put every agent's watches on one connection.
+		rc := rest.CopyConfig(env.Config)
+		rc.Dial = (&net.Dialer{}).DialContext
+		hc, err := rest.HTTPClientFor(rc)
+		if err != nil {
+			t.Fatal(err)
+		}
 		go func() {
 			defer close(a.done)
 			a.err = agent.RunKubernetes(ctx, agent.KubernetesOptions{
-				NodeName: n, RESTConfig: env.Config, Serving: agent.Serving{Disabled: true},
-				HTTPClient: agentConn.hc, Mapper: agentConn.mapper,
+				NodeName: n, RESTConfig: rc, Serving: agent.Serving{Disabled: true},
+				HTTPClient: hc, Mapper: agentConn.mapper,
 				Manager: agent.Options{Kernel: k, Clock: o.clock, Logger: log},
 			})
 		}()
@@ -114,13 +124,13 @@ func (a *testAgent) Errors() int64 { return a.errors.Load() }
 // count in the first interval's rates).
 func (a *testAgent) datapath(t testing.TB) *fake.Datapath {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(time.Minute) // 1,000 agents starting on 2 cores
 	for {
 		if d := a.Kernel.Datapath("lan0"); d != nil && d.RuleCounterReads() > 0 {
 			return d
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("agent %s: no datapath on lan0 after 20s", a.Node)
+			t.Fatalf("agent %s: no datapath on lan0 after a minute", a.Node)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

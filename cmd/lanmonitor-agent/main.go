@@ -123,7 +123,8 @@ naming it. --cleanup-on-exit releases everything on SIGTERM instead.`,
 			if !cmd.Flags().Changed("listen") {
 				serving.Listen = defaultKubernetesListen(os.Getenv("HOST_IP"))
 			}
-			return agent.RunKubernetes(ctx, agent.KubernetesOptions{NodeName: node, RESTConfig: rc, Serving: serving, CleanupOnExit: cleanup, Manager: opts})
+			return agent.RunKubernetes(ctx, agent.KubernetesOptions{NodeName: node, RESTConfig: rc, Serving: serving, CleanupOnExit: cleanup,
+				TuneMemoryLimit: true, Manager: opts})
 		},
 	}
 	c.register(cmd)
