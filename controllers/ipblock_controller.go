@@ -47,6 +47,10 @@ type IPBlockReconciler struct {
 // PartiallyEnforced, then Enforced.
 const settleWindow = time.Second
 
+// rolloutProgressInterval bounds how often the node counts of a generation
+// still rolling out are written (its conditions are written as they change).
+const rolloutProgressInterval = 5 * time.Second
+
 // rollouts remembers when each block's current generation was first seen.
 type rollouts struct {
 	mu    sync.Mutex
@@ -86,7 +90,8 @@ func (r *rollouts) forget(name string) {
 // Reconcile computes the block's status and writes it when it changed: at
 // once when observedGeneration or a condition changed (but a generation
 // still being applied waits up to settleWindow for the nodes, so that a
-// change usually costs one write),
+// change usually costs one write, and its progress is written at most
+// every rolloutProgressInterval),
 // otherwise (counters, node counts, messages) at most once per report
 // interval (the shortest of the monitors on the block's nodes). It runs again
 // exactly at spec.expiresAt, or at most maxExpiryWait later (expiresAt is
@@ -140,6 +145,9 @@ func (r *IPBlockReconciler) Reconcile(ctx context.Context, req reconcile.Request
 		}
 	}
 	if !urgent {
+		if enforced.Reason == lanmonitorv1alpha1.ReasonApplying {
+			interval = max(interval, rolloutProgressInterval)
+		}
 		if wait := r.limiter.wait(b.Name, interval, now); wait > 0 {
 			if result.RequeueAfter == 0 || wait < result.RequeueAfter {
 				result.RequeueAfter = wait

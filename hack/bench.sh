@@ -29,7 +29,8 @@ KUBEBUILDER_ASSETS="$(hack/tools.sh controlplane)" LANMONITOR_BENCH_WINDOW="${LA
 	"$GO" test -run '^$' -bench AgentIdleCPU -benchtime 1x -count 1 ./agent/ | tee -a "$out" >&2
 # Dashboard: the agent's page open 10 minutes in headless Chromium (JS heap, page CPU).
 "$GO" test -run '^$' -bench DashboardSoak -benchtime 1x -count 1 -timeout 30m ./internal/webui/ | tee -a "$out" >&2
-# Controller: IPBlock propagation to 100 simulated agents on a real API server.
+# Controller: IPBlock propagation to 100 and 1,000 real agents (agent.RunKubernetes
+# on kernel/fake) on a real API server, writes, CPU and memory.
 KUBEBUILDER_ASSETS="$(hack/tools.sh controlplane)" \
-	"$GO" test -run '^$' -bench Controller -benchtime 20x -count 1 ./controllers/ | tee -a "$out" >&2
+	"$GO" test -run '^$' -bench Controller -benchtime 20x -count 1 -timeout 60m ./controllers/ | tee -a "$out" >&2
 "$GO" run ./hack/benchreport <"$out"
