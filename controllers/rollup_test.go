@@ -264,93 +264,47 @@ func bruteForceTop(reports map[string][]lanmonitorv1alpha1.Talker, n int) []lanm
 	return out[:n]
 }
 
-// TestRollupBounded: with 1,000 nodes each reporting 100 distinct talkers,
-// the LanMonitor and IPBlock objects stay small.
+// TestRollupBounded: with 1,000 real agents each tracking 100 distinct
+// talkers and each exempting its own address from the block, the LanMonitor
+// and IPBlock objects stay small.
 func TestRollupBounded(t *testing.T) {
 	t.Cleanup(func() { cleanup(t) })
 	const nodes = 1000
+	start := time.Now()
+	names := make([]string, nodes)
+	for i := range names {
+		names[i] = fmt.Sprintf("node-%04d", i)
+	}
+	parallel(t, nodes, 16, func(i int) error {
+		createNodes(t, node{name: names[i]})
+		return nil
+	})
 	startController(t, false)
 	m := monitor("lan", time.Second)
 	m.Spec.TopN = 100
 	create(t, m, ipBlock("scanners", "198.18.0.0/15"))
-	sizes := reportFromNodes(t, nodes, "lan", "scanners")
-	t.Logf("%d nodes: LanMonitor %d bytes, IPBlock %d bytes", nodes, sizes.monitor, sizes.block)
-	// 100 talkers of about 170 bytes each, plus conditions and counters.
-	if sizes.monitor > 24<<10 {
-		t.Errorf("LanMonitor is %d bytes, want at most 24 KiB", sizes.monitor)
+	index := map[string]int{}
+	for i, n := range names {
+		index[n] = i
 	}
-	// 100 exempted addresses, conditions and counters.
-	if sizes.block > 6<<10 {
-		t.Errorf("IPBlock is %d bytes, want at most 6 KiB", sizes.block)
-	}
-}
-
-type objectSizes struct{ monitor, block int }
-
-// reportFromNodes creates n nodes, waits for their LanMonitorNodes, writes a
-// report with 100 distinct talkers and the block applied on each (as n
-// agents would, in parallel), waits for the rollup to count every node, and
-// returns the JSON sizes of the monitor and the block.
-func reportFromNodes(t testing.TB, n int, monitorName, blockName string) objectSizes {
-	t.Helper()
-	ctx := context.Background()
-	start := time.Now()
-	parallel(t, n, 16, func(i int) error {
-		createNodes(t, node{name: fmt.Sprintf("node-%04d", i)})
+	agents := startAgents(t, agentOptions{setup: func(n string, k *fake.Kernel) {
+		i := index[n]
+		k.SetAddresses([]netip.Addr{netip.AddrFrom4([4]byte{198, 18, byte(i / 256), byte(i % 256)})}, nil)
+	}}, names...)
+	parallel(t, nodes, 16, func(i int) error {
+		agents[names[i]].receive(t, talkers(i, 100)...)
 		return nil
 	})
-	t.Logf("created %d nodes in %v", n, time.Since(start))
-	var lmns lanmonitorv1alpha1.LanMonitorNodeList
-	eventually(t, 120*time.Second, func() error {
-		if err := env.Client.List(ctx, &lmns); err != nil {
-			return err
+	t.Logf("%d agents running after %v", nodes, time.Since(start))
+	var sizes struct{ monitor, block int }
+	eventually(t, 3*time.Minute, func() error {
+		m := getMonitor(t, "lan")
+		b := getBlock(t, "scanners")
+		if m.Status.Nodes.Ready != nodes || b.Status.Nodes.Enforced != nodes || len(m.Status.TopTalkers) != 100 {
+			return fmt.Errorf("monitor nodes %+v with %d talkers, block nodes %+v", m.Status.Nodes, len(m.Status.TopTalkers), b.Status.Nodes)
 		}
-		ready := 0
-		for _, l := range lmns.Items {
-			if len(l.Spec.Interfaces) == 1 {
-				ready++
-			}
-		}
-		if ready != n {
-			return fmt.Errorf("%d of %d LanMonitorNodes run the monitor", ready, n)
-		}
-		return nil
-	})
-	t.Logf("%d LanMonitorNodes after %v", n, time.Since(start))
-	block := getBlock(t, blockName)
-	parallel(t, n, 16, func(i int) error {
-		l := &lmns.Items[i]
-		base := l.DeepCopy()
-		var talkers []lanmonitorv1alpha1.Talker
-		for j := range 100 {
-			talkers = append(talkers, lanmonitorv1alpha1.Talker{
-				Address:       fmt.Sprintf("2001:db8:%x::%x", i, j+1),
-				BitsPerSecond: int64(1_000_000_000 - i*1000 - j), Bytes: int64(1 << 40), Packets: int64(1 << 30),
-				PacketsPerSecond: 1_000_000, Internal: true,
-			})
-		}
-		now := metav1.Now()
-		l.Status = lanmonitorv1alpha1.LanMonitorNodeStatus{
-			ObservedGeneration: l.Generation,
-			Interfaces: []lanmonitorv1alpha1.NodeInterfaceStatus{{
-				Monitor: monitorName, Interface: "eth0", Attached: true, XDPMode: lanmonitorv1alpha1.XDPModeNative,
-				TopTalkers: talkers, BitsPerSecond: 1_000_000_000, Totals: lanmonitorv1alpha1.TrafficTotals{Packets: 1 << 40, Bytes: 1 << 50},
-			}},
-			IPBlocks: []lanmonitorv1alpha1.NodeIPBlockStatus{{
-				Name: block.Name, RuleID: 1, Generation: block.Generation, MatchedPackets: 1 << 30, DroppedPackets: 1 << 30,
-				ExemptedAddresses: []string{fmt.Sprintf("198.18.%d.%d", i/256, i%256)},
-			}},
-			LastReportTime: &now,
-		}
-		return env.Client.Status().Patch(ctx, l, client.MergeFrom(base))
-	})
-	t.Logf("%d reports written after %v", n, time.Since(start))
-	var sizes objectSizes
-	eventually(t, 120*time.Second, func() error {
-		m := getMonitor(t, monitorName)
-		b := getBlock(t, blockName)
-		if m.Status.Nodes.Ready != int32(n) || b.Status.Nodes.Enforced != int32(n) || len(m.Status.TopTalkers) != 100 {
-			return fmt.Errorf("monitor nodes %+v, block nodes %+v", m.Status.Nodes, b.Status.Nodes)
+		if got := len(b.Status.ExemptedAddresses); got != lanmonitorv1alpha1.MaxExemptedAddresses {
+			return fmt.Errorf("%d exempted addresses, want the first %d", got, lanmonitorv1alpha1.MaxExemptedAddresses)
 		}
 		mj, err := json.Marshal(m)
 		if err != nil {
@@ -360,14 +314,18 @@ func reportFromNodes(t testing.TB, n int, monitorName, blockName string) objectS
 		if err != nil {
 			return err
 		}
-		sizes = objectSizes{monitor: len(mj), block: len(bj)}
-		if got := len(b.Status.ExemptedAddresses); got != lanmonitorv1alpha1.MaxExemptedAddresses {
-			return fmt.Errorf("%d exempted addresses, want the first %d", got, lanmonitorv1alpha1.MaxExemptedAddresses)
-		}
+		sizes.monitor, sizes.block = len(mj), len(bj)
 		return nil
 	})
-	t.Logf("rolled up after %v", time.Since(start))
-	return sizes
+	t.Logf("%d nodes: LanMonitor %d bytes, IPBlock %d bytes, after %v", nodes, sizes.monitor, sizes.block, time.Since(start))
+	// 100 talkers of about 170 bytes each, plus conditions and counters.
+	if sizes.monitor > 24<<10 {
+		t.Errorf("LanMonitor is %d bytes, want at most 24 KiB", sizes.monitor)
+	}
+	// 100 exempted addresses, conditions and counters.
+	if sizes.block > 6<<10 {
+		t.Errorf("IPBlock is %d bytes, want at most 6 KiB", sizes.block)
+	}
 }
 
 // parallel runs f(0..n-1) on workers goroutines and fails the test on the
