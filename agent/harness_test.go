@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -26,6 +27,7 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/google/gopacket/layers"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/lanmonitor/lanmonitor/agent"
 	"github.com/lanmonitor/lanmonitor/internal/frames"
@@ -108,6 +110,34 @@ func (l *lan) send(t *testing.T, fs ...[]byte) {
 		if err := l.tx.Send(f); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// sendOnOneCPU sends frames from an OS thread bound to CPU 0: a veth
+// receives a frame on the CPU that sent it, so XDP runs there too. The
+// thread stays locked, and ends with its goroutine, so the binding goes
+// with it.
+func (l *lan) sendOnOneCPU(t *testing.T, fs ...[]byte) {
+	t.Helper()
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		var set unix.CPUSet
+		set.Set(0)
+		if err := unix.SchedSetaffinity(0, &set); err != nil {
+			errc <- fmt.Errorf("bind to CPU 0: %w", err)
+			return
+		}
+		for _, f := range fs {
+			if err := l.tx.Send(f); err != nil {
+				errc <- err
+				return
+			}
+		}
+		errc <- nil
+	}()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
 	}
 }
 
