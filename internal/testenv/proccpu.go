@@ -11,37 +11,28 @@ import (
 // seconds (/proc/PID/stat utime and stime, proc(5), read by
 // prometheus/procfs). Errors: no such process, or /proc unreadable.
 func ProcessCPU(pid int) (float64, error) {
-	fs, err := procfs.NewDefaultFS()
-	if err != nil {
-		return 0, err
-	}
-	p, err := fs.Proc(pid)
-	if err != nil {
-		return 0, err
-	}
-	st, err := p.Stat()
-	if err != nil {
-		return 0, err
-	}
-	return st.CPUTime(), nil
+	st, err := procStat(pid)
+	return st.CPUTime(), err
 }
 
 // ProcessRSS returns the resident set size of process pid, in bytes
-// (/proc/PID/stat rss times the page size, proc(5)).
+// (/proc/PID/stat rss times the page size, proc(5)). Errors: as ProcessCPU.
 func ProcessRSS(pid int) (int, error) {
+	st, err := procStat(pid)
+	return st.ResidentMemory(), err
+}
+
+// procStat reads /proc/PID/stat.
+func procStat(pid int) (procfs.ProcStat, error) {
 	fs, err := procfs.NewDefaultFS()
 	if err != nil {
-		return 0, err
+		return procfs.ProcStat{}, err
 	}
 	p, err := fs.Proc(pid)
 	if err != nil {
-		return 0, err
+		return procfs.ProcStat{}, err
 	}
-	st, err := p.Stat()
-	if err != nil {
-		return 0, err
-	}
-	return st.ResidentMemory(), nil
+	return p.Stat()
 }
 
 // EtcdProcess returns the PID of the etcd that Start started: a child of

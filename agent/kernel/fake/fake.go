@@ -347,13 +347,6 @@ func (d *Datapath) Tables() kernel.Tables {
 	return out
 }
 
-// Settings returns the settings in force.
-func (d *Datapath) Settings() kernel.Settings {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.s
-}
-
 // Syncs is how many SyncTables calls changed at least one entry.
 func (d *Datapath) Syncs() int {
 	d.mu.Lock()
