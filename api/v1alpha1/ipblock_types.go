@@ -90,6 +90,18 @@ type IPBlockStatus struct {
 	// +kubebuilder:validation:Minimum=0
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 
+	// ruleID is deprecated: lanmonitor 0.2 controllers kept the block's
+	// rule number here, and list in LanMonitorNode spec.ipBlocks only the
+	// blocks that have one. Since 0.3 each agent keeps its own rule IDs
+	// (LanMonitorNode status.ipBlocks[].ruleID) and nothing reads or
+	// writes this field; the schema keeps it so that a 0.2 controller still
+	// running during an upgrade to 0.3 does not see its IDs pruned and
+	// stop listing the blocks for its 0.2 agents.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=65535
+	RuleID int32 `json:"ruleID,omitempty"`
+
 	// nodes counts the desired nodes and those that applied the current generation.
 	// +optional
 	Nodes BlockNodeCounts `json:"nodes,omitzero"`

@@ -69,8 +69,7 @@ const (
 	// first and upgraded to this tree's: chart 0.2.0, whose controller
 	// listed every IPBlock in each node's LanMonitorNode spec (with
 	// controller-assigned rule IDs) for agents that enforced that list.
-	// Move it forward when a release is cut.
-	previousRelease = "ed30fabdd070d4709756b8c2214099e3648d18f4"
+	previousRelease = testenv.PreviousRelease
 	tagPrevious     = "e2e-previous"
 	// The LanMonitor's report interval: short, so the test is quick.
 	reportInterval = 2 * time.Second
@@ -219,6 +218,7 @@ func TestCluster(t *testing.T) {
 		}
 		s.step("helm upgrade from the previous release", func() {
 			s.acrossRollover("helm upgrade from the previous release", tagA, func() {
+				s.underNewCRDs()
 				args := append([]string{"upgrade", release, filepath.Join(s.repo, "charts/lanmonitor"), "-n", namespace,
 					"--wait", "--timeout", "3m"}, s.installValues(tagA)...)
 				s.t.Logf("helm upgrade:\n%s", firstLines(s.helmRun(args...), 8))
@@ -1203,6 +1203,30 @@ func watchAttach() *attachWatch {
 func (w *attachWatch) Stop() {
 	close(w.stop)
 	<-w.done
+}
+
+// underNewCRDs applies this chart's CRDs as its pre-upgrade hook does
+// (server-side apply, field manager lanmonitor-crds) and holds the window
+// that follows open: the previous release's controller and agent run
+// under the new schema until helm replaces them, on a large cluster for
+// minutes. It returns once the node's LanMonitorNode has been written
+// three times under it (the old agent reports every interval while the
+// blocked flow runs; the old controller's writes count too), with the
+// old agent enforcing whatever that led to.
+func (s *suite) underNewCRDs() {
+	s.t.Helper()
+	s.kubectlRun("apply", "--server-side", "--force-conflicts", "--field-manager=lanmonitor-crds", "-f", filepath.Join(s.repo, "charts/lanmonitor/crds/"))
+	s.kubectlRun("wait", "--for=condition=Established", "--timeout=1m",
+		"crd/lanmonitors.lanmonitor.io", "crd/ipblocks.lanmonitor.io", "crd/lanmonitornodes.lanmonitor.io")
+	t0 := time.Now()
+	last, writes := s.lanMonitorNode().ResourceVersion, 0
+	s.waitFor(30*time.Second, "three LanMonitorNode writes of the previous release under this chart's CRDs", func() bool {
+		if rv := s.lanMonitorNode().ResourceVersion; rv != last {
+			last, writes = rv, writes+1
+		}
+		return writes >= 3
+	})
+	s.t.Logf("the previous release ran under this chart's CRDs for %.1fs (3 LanMonitorNode writes)", time.Since(t0).Seconds())
 }
 
 // acrossRollover runs action (which replaces the agent pod) while a
