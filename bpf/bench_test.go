@@ -4,10 +4,14 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"os"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -169,6 +173,32 @@ func BenchmarkXDP(b *testing.B) {
 				perPacket(b, base.XdpHashCount, fs)
 			})
 		}
+		// The two talker layouts of BenchmarkTalkerLayouts, 64k sources
+		// each, counting only (no blocklist).
+		for _, layout := range []struct {
+			name string
+			prog func(*benchprog.Objects) *ebpf.Program
+		}{
+			{"lru-percpu-hash", func(o *benchprog.Objects) *ebpf.Program { return o.XdpLruCount }},
+			{"slot-array", func(o *benchprog.Objects) *ebpf.Program { return o.XdpSlotCount }},
+		} {
+			b.Run(fmt.Sprintf("layout/%s/sources=64k/%s", layout.name, bf.name), func(b *testing.B) {
+				objs, err := benchprog.Load()
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer objs.Close()
+				prog := layout.prog(objs)
+				for i := range benchprog.SlotCapacity {
+					runProg(b, prog, bf.frame(benchSource(ipv6, i)))
+				}
+				var fs [][]byte
+				for i := range 64 {
+					fs = append(fs, bf.frame(benchSource(ipv6, i*(benchprog.SlotCapacity/64))))
+				}
+				perPacket(b, prog, fs)
+			})
+		}
 		for _, prefixes := range []int{0, 10000, 100000} {
 			rules := blocklist(prefixes)
 			for _, sources := range []int{1, 1000, 65536} {
@@ -318,4 +348,123 @@ func onTwoCPUs(b *testing.B, prog *ebpf.Program, frame []byte) {
 	b.ResetTimer()
 	close(start)
 	wg.Wait()
+}
+
+// BenchmarkTalkerLayouts reads 65,536 sources' counters, summed over the
+// CPUs, into []bpf.Talker from two layouts filled with the same frames, in
+// one run (issue 11's "a second map layout"; bench.c describes both):
+//
+//   - read/lanmonitor: bpf.Datapath.Talkers, the product's read of its
+//     per-CPU LRU hash (batch lookups of 4,096);
+//   - read/slot-array-mmap: counters in an mmapable array, one stripe per
+//     CPU, read from memory with the slots' addresses.
+//
+// map-bytes is each layout's kernel memory (memlock of /proc/self/fdinfo);
+// BenchmarkXDP's layout/... rows are the two counting programs' costs per
+// packet. hack/bench.sh runs it apart from the per-packet benchmarks (a
+// read takes milliseconds, not nanoseconds).
+func BenchmarkTalkerLayouts(b *testing.B) {
+	privileged.Require(b)
+	base, err := benchprog.Load()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer base.Close()
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		b.Fatal(err)
+	}
+	const n = benchprog.SlotCapacity
+	frame := benchFrames()[0].frame
+	d := loadForTest(b, bpf.Config{MaxTrackedSources: benchprog.LRUCapacity})
+	for i := range n {
+		f := frame(benchSource(false, i))
+		runProg(b, base.XdpSlotCount, f)
+		runProg(b, d.Program(), f)
+	}
+	// Each read must find every source, with the one frame it sent.
+	check := func(b *testing.B, ts []bpf.Talker, err error) {
+		if err != nil || len(ts) != n {
+			b.Fatalf("%d talkers, err %v; want %d", len(ts), err, n)
+		}
+		if ts[0].Packets != 1 || ts[n-1].Packets != 1 {
+			b.Fatalf("talkers %+v, %+v: want 1 packet each", ts[0], ts[n-1])
+		}
+	}
+	b.Run("read/lanmonitor", func(b *testing.B) {
+		for b.Loop() {
+			ts, err := d.Talkers()
+			check(b, ts, err)
+		}
+		// The baseline's LRU hash has lm_talkers' key, value and capacity.
+		b.ReportMetric(float64(mapBytes(b, base.BenchLruCounts)), "map-bytes")
+	})
+	b.Run("read/slot-array-mmap", func(b *testing.B) {
+		counts, err := base.BenchSlotCounts.Memory()
+		if err != nil {
+			b.Fatal(err)
+		}
+		addrs, err := base.BenchSlotAddrs.Memory()
+		if err != nil {
+			b.Fatal(err)
+		}
+		countBuf := make([]benchprog.Slot, cpus*benchprog.SlotCapacity)
+		addrBuf := make([]benchprog.Addr, benchprog.SlotCapacity)
+		for b.Loop() {
+			ts, err := readSlots(base.BenchSlotNext, counts, addrs, countBuf, addrBuf, cpus)
+			check(b, ts, err)
+		}
+		b.ReportMetric(float64(mapBytes(b, base.BenchSlotOf, base.BenchSlotCounts, base.BenchSlotAddrs, base.BenchSlotNext)), "map-bytes")
+	})
+}
+
+// readSlots copies the slot layout's counters and addresses out of their
+// mmapped arrays and sums each used slot's stripes.
+func readSlots(next *ebpf.Map, counts, addrs *ebpf.Memory, countBuf []benchprog.Slot, addrBuf []benchprog.Addr, cpus int) ([]bpf.Talker, error) {
+	var used uint32
+	if err := next.Lookup(uint32(0), &used); err != nil {
+		return nil, err
+	}
+	used = min(used, benchprog.SlotCapacity)
+	if _, err := counts.ReadAt(unsafe.Slice((*byte)(unsafe.Pointer(&countBuf[0])), len(countBuf)*int(unsafe.Sizeof(countBuf[0]))), 0); err != nil {
+		return nil, err
+	}
+	if _, err := addrs.ReadAt(unsafe.Slice((*byte)(unsafe.Pointer(&addrBuf[0])), int(used)*int(unsafe.Sizeof(addrBuf[0]))), 0); err != nil {
+		return nil, err
+	}
+	out := make([]bpf.Talker, used)
+	for s := range int(used) {
+		t := &out[s]
+		t.Addr = bpf.Addr(addrBuf[s].Bytes)
+		for cpu := range cpus {
+			v := &countBuf[cpu*benchprog.SlotCapacity+s]
+			t.Packets += v.Packets
+			t.Bytes += v.Bytes
+			t.LocalPackets += v.LocalPackets
+			t.SnoopedPackets += v.SnoopedPackets
+		}
+	}
+	return out, nil
+}
+
+// mapBytes sums the kernel memory the maps account for (memlock in
+// /proc/self/fdinfo, bytes).
+func mapBytes(b *testing.B, maps ...*ebpf.Map) int64 {
+	var total int64
+	for _, m := range maps {
+		raw, err := os.ReadFile(fmt.Sprintf("/proc/self/fdinfo/%d", m.FD()))
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, l := range strings.Split(string(raw), "\n") {
+			if v, ok := strings.CutPrefix(l, "memlock:"); ok {
+				n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				if err != nil {
+					b.Fatal(err)
+				}
+				total += n
+			}
+		}
+	}
+	return total
 }

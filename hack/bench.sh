@@ -17,7 +17,9 @@ trap 'rm -f "$out"' EXIT
 	echo "cpus: $(nproc)"
 } >"$out"
 # XDP per-packet costs: many iterations per measurement.
-"$GO" test -run '^$' -bench "$BENCH" -benchtime 2000000x -count "$COUNT" ./bpf/ | tee -a "$out" >&2
+"$GO" test -run '^$' -bench "$BENCH" -skip TalkerLayouts -benchtime 2000000x -count "$COUNT" ./bpf/ | tee -a "$out" >&2
+# Two layouts of the talker counters, read whole from Go (milliseconds each).
+"$GO" test -run '^$' -bench TalkerLayouts -benchtime 20x -count "$COUNT" ./bpf/ | tee -a "$out" >&2
 # Agent: blocklist sync, read and rank, memory, throughput over a veth.
 "$GO" test -run '^$' -bench "$BENCH" -skip 'EventStream|AgentIdleCPU' -benchtime 3x -count "$COUNT" ./agent/ | tee -a "$out" >&2
 # Agent: the dashboard stream, 0 and 100 SSE clients on one agent (windows of

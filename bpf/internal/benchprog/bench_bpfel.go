@@ -24,15 +24,31 @@ type benchBenchCounts struct {
 	Bytes   uint64
 }
 
+type benchBenchSlot struct {
+	_              structs.HostLayout
+	Packets        uint64
+	Bytes          uint64
+	LocalPackets   uint64
+	SnoopedPackets uint64
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	benchMapBenchBlocklist = "bench_blocklist"
-	benchMapBenchCounters  = "bench_counters"
-	benchMapBenchRuns      = "bench_runs"
-	benchProgXdpFloor      = "xdp_floor"
-	benchProgXdpHashCount  = "xdp_hash_count"
+	benchMapBenchBlocklist  = "bench_blocklist"
+	benchMapBenchCounters   = "bench_counters"
+	benchMapBenchLruCounts  = "bench_lru_counts"
+	benchMapBenchRuns       = "bench_runs"
+	benchMapBenchSlotAddrs  = "bench_slot_addrs"
+	benchMapBenchSlotCounts = "bench_slot_counts"
+	benchMapBenchSlotNext   = "bench_slot_next"
+	benchMapBenchSlotOf     = "bench_slot_of"
+	benchProgXdpFloor       = "xdp_floor"
+	benchProgXdpHashCount   = "xdp_hash_count"
+	benchProgXdpLruCount    = "xdp_lru_count"
+	benchProgXdpSlotCount   = "xdp_slot_count"
+	benchVarSlotCap         = "slot_cap"
 )
 
 // loadBench returns the embedded CollectionSpec for bench.
@@ -79,21 +95,29 @@ type benchSpecs struct {
 type benchProgramSpecs struct {
 	XdpFloor     *ebpf.ProgramSpec `ebpf:"xdp_floor"`
 	XdpHashCount *ebpf.ProgramSpec `ebpf:"xdp_hash_count"`
+	XdpLruCount  *ebpf.ProgramSpec `ebpf:"xdp_lru_count"`
+	XdpSlotCount *ebpf.ProgramSpec `ebpf:"xdp_slot_count"`
 }
 
 // benchMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type benchMapSpecs struct {
-	BenchBlocklist *ebpf.MapSpec `ebpf:"bench_blocklist"`
-	BenchCounters  *ebpf.MapSpec `ebpf:"bench_counters"`
-	BenchRuns      *ebpf.MapSpec `ebpf:"bench_runs"`
+	BenchBlocklist  *ebpf.MapSpec `ebpf:"bench_blocklist"`
+	BenchCounters   *ebpf.MapSpec `ebpf:"bench_counters"`
+	BenchLruCounts  *ebpf.MapSpec `ebpf:"bench_lru_counts"`
+	BenchRuns       *ebpf.MapSpec `ebpf:"bench_runs"`
+	BenchSlotAddrs  *ebpf.MapSpec `ebpf:"bench_slot_addrs"`
+	BenchSlotCounts *ebpf.MapSpec `ebpf:"bench_slot_counts"`
+	BenchSlotNext   *ebpf.MapSpec `ebpf:"bench_slot_next"`
+	BenchSlotOf     *ebpf.MapSpec `ebpf:"bench_slot_of"`
 }
 
 // benchVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type benchVariableSpecs struct {
+	SlotCap *ebpf.VariableSpec `ebpf:"slot_cap"`
 }
 
 // benchObjects contains all objects after they have been loaded into the kernel.
@@ -116,16 +140,26 @@ func (o *benchObjects) Close() error {
 //
 // It can be passed to loadBenchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type benchMaps struct {
-	BenchBlocklist *ebpf.Map `ebpf:"bench_blocklist"`
-	BenchCounters  *ebpf.Map `ebpf:"bench_counters"`
-	BenchRuns      *ebpf.Map `ebpf:"bench_runs"`
+	BenchBlocklist  *ebpf.Map `ebpf:"bench_blocklist"`
+	BenchCounters   *ebpf.Map `ebpf:"bench_counters"`
+	BenchLruCounts  *ebpf.Map `ebpf:"bench_lru_counts"`
+	BenchRuns       *ebpf.Map `ebpf:"bench_runs"`
+	BenchSlotAddrs  *ebpf.Map `ebpf:"bench_slot_addrs"`
+	BenchSlotCounts *ebpf.Map `ebpf:"bench_slot_counts"`
+	BenchSlotNext   *ebpf.Map `ebpf:"bench_slot_next"`
+	BenchSlotOf     *ebpf.Map `ebpf:"bench_slot_of"`
 }
 
 func (m *benchMaps) Close() error {
 	return _BenchClose(
 		m.BenchBlocklist,
 		m.BenchCounters,
+		m.BenchLruCounts,
 		m.BenchRuns,
+		m.BenchSlotAddrs,
+		m.BenchSlotCounts,
+		m.BenchSlotNext,
+		m.BenchSlotOf,
 	)
 }
 
@@ -133,6 +167,7 @@ func (m *benchMaps) Close() error {
 //
 // It can be passed to loadBenchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type benchVariables struct {
+	SlotCap *ebpf.Variable `ebpf:"slot_cap"`
 }
 
 // benchPrograms contains all programs after they have been loaded into the kernel.
@@ -141,12 +176,16 @@ type benchVariables struct {
 type benchPrograms struct {
 	XdpFloor     *ebpf.Program `ebpf:"xdp_floor"`
 	XdpHashCount *ebpf.Program `ebpf:"xdp_hash_count"`
+	XdpLruCount  *ebpf.Program `ebpf:"xdp_lru_count"`
+	XdpSlotCount *ebpf.Program `ebpf:"xdp_slot_count"`
 }
 
 func (p *benchPrograms) Close() error {
 	return _BenchClose(
 		p.XdpFloor,
 		p.XdpHashCount,
+		p.XdpLruCount,
+		p.XdpSlotCount,
 	)
 }
 
