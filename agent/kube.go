@@ -204,6 +204,9 @@ type nodeAgent struct {
 	// restart (nil until then), so that counters pinned under an ID stay
 	// the block's.
 	ruleIDs map[string]uint32
+	// overCapacity are the IPBlocks that apply but do not fit in the
+	// datapath's rules (sorted by name): reported, not enforced.
+	overCapacity []string
 
 	synced     bool                           // the first sync is done (ready)
 	lastStatus *v1alpha1.LanMonitorNodeStatus // the status last written
@@ -411,9 +414,19 @@ func (a *nodeAgent) blocks(ctx context.Context, lmn *v1alpha1.LanMonitorNode, no
 		slices.SortFunc(applicable, func(x, y *v1alpha1.IPBlock) int {
 			return cmp.Or(x.CreationTimestamp.Compare(y.CreationTimestamp.Time), cmp.Compare(x.Name, y.Name))
 		})
-		a.log.Error("more IPBlocks apply than the datapath holds rules (--max-rules); the newest are not enforced",
-			"ipBlocks", len(applicable), "rules", capacity, "first", applicable[capacity].Name)
+		over := make([]string, 0, len(applicable)-capacity)
+		for _, ipb := range applicable[capacity:] {
+			over = append(over, ipb.Name)
+		}
+		slices.Sort(over)
+		if !slices.Equal(over, a.overCapacity) {
+			a.log.Error("more IPBlocks apply than the datapath holds rules (--max-rules); the newest are not enforced",
+				"ipBlocks", len(applicable), "rules", capacity, "first", applicable[capacity].Name)
+		}
+		a.overCapacity = over
 		applicable = applicable[:capacity]
+	} else {
+		a.overCapacity = nil
 	}
 
 	// Rule IDs: each block keeps its own; after a restart, the ones this
@@ -678,10 +691,12 @@ func (a *nodeAgent) writeStatus(ctx context.Context) {
 	}
 }
 
-// appliedChanged: an IPBlock generation applied or an attachment changed,
-// which the controller waits for; counters alone are not.
+// appliedChanged: an IPBlock generation applied, an attachment changed or
+// the IPBlocks left out for capacity changed, which the controller waits
+// for; counters alone are not.
 func appliedChanged(prev, cur *v1alpha1.LanMonitorNodeStatus) bool {
-	if len(prev.IPBlocks) != len(cur.IPBlocks) || len(prev.Interfaces) != len(cur.Interfaces) || prev.ObservedGeneration != cur.ObservedGeneration {
+	if len(prev.IPBlocks) != len(cur.IPBlocks) || len(prev.Interfaces) != len(cur.Interfaces) || prev.ObservedGeneration != cur.ObservedGeneration ||
+		!slices.Equal(prev.IPBlocksOverCapacity, cur.IPBlocksOverCapacity) {
 		return true
 	}
 	for i := range cur.IPBlocks {
@@ -771,6 +786,9 @@ func (a *nodeAgent) status(lmn *v1alpha1.LanMonitorNode, blocks []Block) v1alpha
 			st.IPBlocks = append(st.IPBlocks, v1alpha1.NodeIPBlockStatus{Name: b.Name, RuleID: int32(b.RuleID), Generation: b.Generation,
 				MatchedPackets: s.matched, DroppedPackets: s.dropped, ExemptedAddresses: exempted[b.Name]})
 		}
+	}
+	if len(a.managers) > 0 {
+		st.IPBlocksOverCapacity = slices.Clone(a.overCapacity[:min(len(a.overCapacity), v1alpha1.MaxNodeIPBlocksOverCapacity)])
 	}
 	ready := metav1.Condition{Type: v1alpha1.ConditionReady, Status: metav1.ConditionTrue, Reason: "AllInterfacesAttached", ObservedGeneration: lmn.Generation}
 	if !allRunning {

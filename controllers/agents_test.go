@@ -47,6 +47,8 @@ type agentOptions struct {
 	clock clock.WithTicker
 	// setup prepares a node's fake kernel before its agent starts.
 	setup func(node string, k *fake.Kernel)
+	// maxRules is the agents' --max-rules (0: the default).
+	maxRules uint32
 }
 
 // agentConn is the REST mapper the agents of a test binary share (1,000
@@ -95,7 +97,7 @@ func startAgents(t testing.TB, o agentOptions, nodes ...string) map[string]*test
 			a.err = agent.RunKubernetes(ctx, agent.KubernetesOptions{
 				NodeName: n, RESTConfig: rc, Serving: agent.Serving{Disabled: true},
 				HTTPClient: hc, Mapper: agentConn.mapper,
-				Manager: agent.Options{Kernel: k, Clock: o.clock, Logger: log},
+				Manager: agent.Options{Kernel: k, Clock: o.clock, Logger: log, MaxRules: o.maxRules},
 			})
 		}()
 		t.Cleanup(func() {

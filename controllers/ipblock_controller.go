@@ -196,6 +196,7 @@ func blockStatus(b *lanmonitorv1alpha1.IPBlock, nodes []corev1.Node, lmns []lanm
 		reported []netip.Prefix // exemptions the agents report
 		pending  []string       // desired nodes that have not applied the current generation
 		still    int            // nodes that still report the block
+		capped   int            // desired nodes that left the block out for capacity
 		interval time.Duration
 	)
 	for i := range lmns {
@@ -230,6 +231,9 @@ func blockStatus(b *lanmonitorv1alpha1.IPBlock, nodes []corev1.Node, lmns []lanm
 		if rep != nil && rep.Generation == b.Generation {
 			st.Nodes.Enforced++
 			continue
+		}
+		if slices.Contains(lmn.Status.IPBlocksOverCapacity, b.Name) {
+			capped++
 		}
 		pending = append(pending, lmn.Name)
 	}
@@ -283,6 +287,9 @@ func blockStatus(b *lanmonitorv1alpha1.IPBlock, nodes []corev1.Node, lmns []lanm
 			msg += " (Audit: matching packets are counted and passed)"
 		}
 		set(lanmonitorv1alpha1.ConditionEnforced, true, lanmonitorv1alpha1.ReasonEnforced, msg)
+	case capped > 0:
+		set(lanmonitorv1alpha1.ConditionEnforced, false, lanmonitorv1alpha1.ReasonTooManyIPBlocks,
+			fmt.Sprintf("%d node(s) apply more IPBlocks than their datapath holds rules (agent --max-rules) and leave this one, among the newest, out; %s", capped, applying))
 	default:
 		set(lanmonitorv1alpha1.ConditionEnforced, false, lanmonitorv1alpha1.ReasonApplying, applying)
 	}

@@ -386,3 +386,69 @@ func TestProtectedAddresses(t *testing.T) {
 		})
 	}
 }
+
+// TestTooManyIPBlocks: a node whose datapath holds 2 rules, with 3
+// IPBlocks applying, enforces the 2 oldest, reports the newest in its
+// LanMonitorNode status.ipBlocksOverCapacity, and the IPBlock controller
+// says why that block is not enforced (TooManyIPBlocks); the agent logs it
+// once, not on every sync. When an older block goes, the newest is
+// enforced and the report is cleared.
+func TestTooManyIPBlocks(t *testing.T) {
+	t.Cleanup(func() { cleanup(t) })
+	createNodes(t, node{name: "node-1"})
+	startController(t, false)
+	create(t, monitor("lan", time.Second))
+	agents := startAgents(t, agentOptions{maxRules: 2}, "node-1")
+	create(t, ipBlock("a-old", "198.18.1.0/24"))
+	create(t, ipBlock("b-mid", "198.18.2.0/24"))
+	waitEnforced(t, "a-old", 1)
+	waitEnforced(t, "b-mid", 1)
+	create(t, ipBlock("c-new", "198.18.3.0/24")) // the newest: created last, and last by name
+	eventually(t, 20*time.Second, func() error {
+		b := getBlock(t, "c-new")
+		c := findCondition(b.Status.Conditions, lanmonitorv1alpha1.ConditionEnforced)
+		if c == nil || c.Status != metav1.ConditionFalse || c.Reason != lanmonitorv1alpha1.ReasonTooManyIPBlocks ||
+			c.ObservedGeneration != b.Generation || b.Status.Nodes != (lanmonitorv1alpha1.BlockNodeCounts{Desired: 1}) {
+			return fmt.Errorf("c-new: Enforced %+v, nodes %+v", c, b.Status.Nodes)
+		}
+		want := "1 node(s) apply more IPBlocks than their datapath holds rules (agent --max-rules) and leave this one, among the newest, out; generation 1 applied on 0 of 1 nodes; waiting for node-1"
+		if c.Message != want {
+			return fmt.Errorf("c-new: message %q, want %q", c.Message, want)
+		}
+		return nil
+	})
+	if got := getNode(t, "node-1").Status.IPBlocksOverCapacity; !slices.Equal(got, []string{"c-new"}) {
+		t.Errorf("status.ipBlocksOverCapacity %v, want [c-new]", got)
+	}
+	source := func() []string {
+		var out []string
+		for p := range agents["node-1"].datapath(t).Tables()[bpf.TableSource] {
+			out = append(out, p.String())
+		}
+		slices.Sort(out)
+		return out
+	}
+	if got, want := source(), []string{"198.18.1.0/24", "198.18.2.0/24"}; !slices.Equal(got, want) {
+		t.Errorf("source table %v, want %v", got, want)
+	}
+	waitEnforced(t, "a-old", 1)
+	waitEnforced(t, "b-mid", 1)
+	time.Sleep(2 * time.Second) // two report intervals: syncs that must not log again
+	if n := agents["node-1"].Errors(); n != 1 {
+		t.Errorf("the agent logged %d errors, want 1 (the capacity, once)", n)
+	}
+
+	if err := env.Client.Delete(context.Background(), getBlock(t, "a-old")); err != nil {
+		t.Fatal(err)
+	}
+	waitEnforced(t, "c-new", 1)
+	eventually(t, 10*time.Second, func() error {
+		if got := getNode(t, "node-1").Status.IPBlocksOverCapacity; len(got) != 0 {
+			return fmt.Errorf("status.ipBlocksOverCapacity %v, want none", got)
+		}
+		if got, want := source(), []string{"198.18.2.0/24", "198.18.3.0/24"}; !slices.Equal(got, want) {
+			return fmt.Errorf("source table %v, want %v", got, want)
+		}
+		return nil
+	})
+}

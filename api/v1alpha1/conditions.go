@@ -59,6 +59,10 @@ const (
 	ReasonLifting = "Lifting"
 	// ReasonNotExpired (Expired=False): spec.expiresAt is unset or in the future.
 	ReasonNotExpired = "NotExpired"
+	// ReasonTooManyIPBlocks (Enforced=False): some nodes apply more IPBlocks
+	// than their datapath holds rules, and leave this one, among the newest,
+	// out (LanMonitorNode status.ipBlocksOverCapacity).
+	ReasonTooManyIPBlocks = "TooManyIPBlocks"
 )
 
 const (
@@ -71,6 +75,9 @@ const (
 	MaxNodeInterfaces = 32
 	// MaxNodeIPBlocks bounds LanMonitorNode spec.ipBlocks and status.ipBlocks.
 	MaxNodeIPBlocks = 4096
+	// MaxNodeIPBlocksOverCapacity bounds LanMonitorNode
+	// status.ipBlocksOverCapacity.
+	MaxNodeIPBlocksOverCapacity = 256
 	// MaxExemptedAddresses bounds IPBlock status.exemptedAddresses.
 	MaxExemptedAddresses = 100
 	// MaxNodeProtectedCIDRs bounds NodeInterfaceSpec protectedCIDRs: the

@@ -271,6 +271,17 @@ type LanMonitorNodeStatus struct {
 	// +kubebuilder:validation:MaxItems=4096
 	IPBlocks []NodeIPBlockStatus `json:"ipBlocks,omitempty"`
 
+	// ipBlocksOverCapacity names the IPBlocks that apply to the node but
+	// that its agent leaves out: more apply than its datapath holds rules
+	// (the agent's --max-rules, and at most 4096), and these are the
+	// newest (creationTimestamp, then name). Sorted; at most 256 are listed.
+	// The IPBlock controller reports them with reason TooManyIPBlocks.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=256
+	// +kubebuilder:validation:items:MaxLength=253
+	IPBlocksOverCapacity []string `json:"ipBlocksOverCapacity,omitempty"`
+
 	// lastReportTime is when the agent last read the counters it reports.
 	// +optional
 	LastReportTime *metav1.Time `json:"lastReportTime,omitempty"`

@@ -325,6 +325,11 @@ func (in *LanMonitorNodeStatus) DeepCopyInto(out *LanMonitorNodeStatus) {
 			(*in)[i].DeepCopyInto(&(*out)[i])
 		}
 	}
+	if in.IPBlocksOverCapacity != nil {
+		in, out := &in.IPBlocksOverCapacity, &out.IPBlocksOverCapacity
+		*out = make([]string, len(*in))
+		copy(*out, *in)
+	}
 	if in.LastReportTime != nil {
 		in, out := &in.LastReportTime, &out.LastReportTime
 		*out = (*in).DeepCopy()
