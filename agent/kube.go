@@ -104,11 +104,7 @@ func RunKubernetes(ctx context.Context, o KubernetesOptions) error {
 		if err != nil {
 			return err
 		}
-		defer func() {
-			for _, ln := range lns {
-				ln.Close()
-			}
-		}()
+		defer closeListeners(lns)
 		guard, err := o.Serving.kubernetesGuard(o.RESTConfig, o.NodeName, o.Manager.Logger)
 		if err != nil {
 			return err

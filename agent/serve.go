@@ -62,14 +62,19 @@ func (s Serving) bind() ([]net.Listener, error) {
 		seen[a] = true
 		ln, err := net.Listen("tcp", a)
 		if err != nil {
-			for _, l := range lns {
-				l.Close()
-			}
+			closeListeners(lns)
 			return nil, fmt.Errorf("--listen %s: %w", a, err)
 		}
 		lns = append(lns, ln)
 	}
 	return lns, nil
+}
+
+// closeListeners closes what bind bound.
+func closeListeners(lns []net.Listener) {
+	for _, ln := range lns {
+		ln.Close()
+	}
 }
 
 // isLoopback reports whether address host:port is on a loopback address

@@ -87,11 +87,7 @@ func RunStandalone(ctx context.Context, o StandaloneOptions) error {
 	if err != nil {
 		return err
 	}
-	defer func() {
-		for _, ln := range lns {
-			ln.Close()
-		}
-	}()
+	defer closeListeners(lns)
 
 	m, err := Start(cfg, o.Manager)
 	if err != nil {
