@@ -63,6 +63,7 @@ type StatsResponse struct {
 	SamplesLost            uint64 `json:"samplesLost"`
 	FilteredSnooped        uint64 `json:"filteredSnooped"`
 	V4Mapped               uint64 `json:"v4Mapped"`
+	TalkersFull            uint64 `json:"talkersFull"`
 	TrackedSources         int    `json:"trackedSources"`
 	TrackedSourcesCapacity int    `json:"trackedSourcesCapacity"`
 }

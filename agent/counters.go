@@ -31,11 +31,12 @@ var counters = []struct {
 	{"Local", "local_packets_total", "Frames addressed to this interface (own MAC, broadcast, multicast).", "local"},
 	{"Snooped", "snooped_packets_total", "Frames addressed to other hosts, seen in promiscuous mode.", "snooped"},
 	{"Exempted", "exempted_packets_total", "Blocklist matches passed because the address is protected.", "exempted"},
-	{"TalkerInserts", "talker_inserts_total", "Sources inserted into the talker map (evictions = inserts - tracked).", "talkerInserts"},
-	{"TalkerInsertErrors", "talker_insert_errors_total", "Sources that could not be inserted into the talker map.", "talkerInsertErrors"},
+	{"TalkerInserts", "talker_inserts_total", "Sources given a slot of the talker table (evictions = inserts - tracked).", "talkerInserts"},
+	{"TalkerInsertErrors", "talker_insert_errors_total", "Sources that could not be inserted into the talker table for another reason than a full table.", "talkerInsertErrors"},
 	{"SamplesLost", "flow_samples_lost_total", "Flow samples lost to a full ring buffer.", "samplesLost"},
 	{"FilteredSnooped", "filtered_snooped_packets_total", "Frames for other hosts ignored because the interface is not meant to be promiscuous (not in packets_total).", "filteredSnooped"},
 	{"V4Mapped", "v4_mapped_packets_total", "IPv6 packets with an IPv4-mapped source or destination (matched as IPv4; the source is not a talker).", "v4Mapped"},
+	{"TalkersFull", "talker_table_full_packets_total", "Frames of new sources not tracked because every slot of the talker table was taken (the next read frees idle ones).", "talkersFull"},
 }
 
 // counterIndex is, per entry of counters, the index of its field in

@@ -43,7 +43,7 @@ func init() {
 		descFrames[c.metric] = prometheus.NewDesc("lanmonitor_"+c.metric, c.help, labelsIf, nil)
 	}
 	descFrames["talker_evictions_total"] = prometheus.NewDesc("lanmonitor_talker_evictions_total",
-		"Sources evicted from the full talker map (least recently seen first).", labelsIf, nil)
+		"Sources evicted from the full talker table (idle longest first).", labelsIf, nil)
 }
 
 // Describe sends every metric description.

@@ -1,6 +1,7 @@
 package bpf_test
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -11,7 +12,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -354,10 +354,11 @@ func onTwoCPUs(b *testing.B, prog *ebpf.Program, frame []byte) {
 // CPUs, into []bpf.Talker from two layouts filled with the same frames, in
 // one run (issue 11's "a second map layout"; bench.c describes both):
 //
-//   - read/lanmonitor: bpf.Datapath.Talkers, the product's read of its
-//     per-CPU LRU hash (batch lookups of 4,096);
-//   - read/slot-array-mmap: counters in an mmapable array, one stripe per
-//     CPU, read from memory with the slots' addresses.
+//   - read/lanmonitor: bpf.Datapath.Talkers, the product's talker table:
+//     counters in an mmapable array, one stripe per CPU, read from memory
+//     with the slots' addresses (maps.h);
+//   - read/lru-batch: the layout of releases up to 0.3, a per-CPU LRU hash
+//     read with batch lookups of 4,096 (the baseline's map of that shape).
 //
 // map-bytes is each layout's kernel memory (memlock of /proc/self/fdinfo);
 // BenchmarkXDP's layout/... rows are the two counting programs' costs per
@@ -376,10 +377,10 @@ func BenchmarkTalkerLayouts(b *testing.B) {
 	}
 	const n = benchprog.SlotCapacity
 	frame := benchFrames()[0].frame
-	d := loadForTest(b, bpf.Config{MaxTrackedSources: benchprog.LRUCapacity})
+	d := loadForTest(b, bpf.Config{MaxTrackedSources: n})
 	for i := range n {
 		f := frame(benchSource(false, i))
-		runProg(b, base.XdpSlotCount, f)
+		runProg(b, base.XdpLruCount, f)
 		runProg(b, d.Program(), f)
 	}
 	frameLen := uint64(len(frame(benchSource(false, 0))))
@@ -414,56 +415,47 @@ func BenchmarkTalkerLayouts(b *testing.B) {
 			ts, err := d.Talkers()
 			all(b, ts, err)
 		}
-		b.ReportMetric(float64(mapBytes(b, bpf.TalkersMap(d))), "map-bytes")
+		b.ReportMetric(float64(mapBytes(b, bpf.TalkerMaps(d)...)), "map-bytes")
 	})
-	b.Run("read/slot-array-mmap", func(b *testing.B) {
-		counts, err := base.BenchSlotCounts.Memory()
-		if err != nil {
-			b.Fatal(err)
-		}
-		addrs, err := base.BenchSlotAddrs.Memory()
-		if err != nil {
-			b.Fatal(err)
-		}
-		countBuf := make([]benchprog.Slot, cpus*benchprog.SlotCapacity)
-		addrBuf := make([]benchprog.Addr, benchprog.SlotCapacity)
-		ts, err := readSlots(base.BenchSlotNext, counts, addrs, countBuf, addrBuf, cpus)
+	b.Run("read/lru-batch", func(b *testing.B) {
+		ts, err := readLRU(base.BenchLruCounts, cpus)
 		exact(b, ts, err)
 		for b.Loop() {
-			ts, err := readSlots(base.BenchSlotNext, counts, addrs, countBuf, addrBuf, cpus)
+			ts, err := readLRU(base.BenchLruCounts, cpus)
 			all(b, ts, err)
 		}
-		b.ReportMetric(float64(mapBytes(b, base.BenchSlotOf, base.BenchSlotCounts, base.BenchSlotAddrs, base.BenchSlotNext)), "map-bytes")
+		b.ReportMetric(float64(mapBytes(b, base.BenchLruCounts)), "map-bytes")
 	})
 }
 
-// readSlots copies the slot layout's counters and addresses out of their
-// mmapped arrays and sums each used slot's stripes.
-func readSlots(next *ebpf.Map, counts, addrs *ebpf.Memory, countBuf []benchprog.Slot, addrBuf []benchprog.Addr, cpus int) ([]bpf.Talker, error) {
-	var used uint32
-	if err := next.Lookup(uint32(0), &used); err != nil {
-		return nil, err
-	}
-	used = min(used, benchprog.SlotCapacity)
-	if _, err := counts.ReadAt(unsafe.Slice((*byte)(unsafe.Pointer(&countBuf[0])), len(countBuf)*int(unsafe.Sizeof(countBuf[0]))), 0); err != nil {
-		return nil, err
-	}
-	if _, err := addrs.ReadAt(unsafe.Slice((*byte)(unsafe.Pointer(&addrBuf[0])), int(used)*int(unsafe.Sizeof(addrBuf[0]))), 0); err != nil {
-		return nil, err
-	}
-	out := make([]bpf.Talker, used)
-	for s := range int(used) {
-		t := &out[s]
-		t.Addr = bpf.Addr(addrBuf[s].Bytes)
-		for cpu := range cpus {
-			v := &countBuf[cpu*benchprog.SlotCapacity+s]
-			t.Packets += v.Packets
-			t.Bytes += v.Bytes
-			t.LocalPackets += v.LocalPackets
-			t.SnoopedPackets += v.SnoopedPackets
+// readLRU reads every source of the per-CPU LRU hash m as releases up to
+// 0.3 read their talker map: batch lookups of 4,096, summed over CPUs.
+func readLRU(m *ebpf.Map, cpus int) ([]bpf.Talker, error) {
+	const batch = 4096
+	keys := make([]benchprog.Addr, batch)
+	vals := make([]benchprog.Slot, batch*cpus)
+	var out []bpf.Talker
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := m.BatchLookup(&cursor, keys, vals, nil)
+		for i := range n {
+			t := bpf.Talker{Addr: bpf.Addr(keys[i].Bytes)}
+			for cpu := range cpus {
+				v := &vals[i*cpus+cpu]
+				t.Packets += v.Packets
+				t.Bytes += v.Bytes
+				t.LocalPackets += v.LocalPackets
+				t.SnoopedPackets += v.SnoopedPackets
+			}
+			out = append(out, t)
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, err
 		}
 	}
-	return out, nil
 }
 
 // mapBytes sums the kernel memory the maps account for (memlock in

@@ -12,30 +12,65 @@ import (
 	"github.com/lanmonitor/lanmonitor/internal/frames"
 )
 
-// TestCapacity fills a talker map of capacity K with K+1 sources: every frame
-// passes and is counted, and the eviction shows as inserts - tracked.
+// TestCapacity fills a talker table of capacity K with K+1 sources: every
+// frame passes and is counted; the last source is not tracked until a read
+// frees the slots of idle sources, and the evictions show as inserts -
+// tracked.
 func TestCapacity(t *testing.T) {
 	const k = 256
 	d := loadForTest(t, bpf.Config{MaxTrackedSources: k})
+	src := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{198, 18, byte(2 + i/256), byte(i)}) }
+	frame := func(i int) []byte {
+		return frames.MustBuild(with(udp4(0), func(s *frames.Spec) { s.Src = src(i) }))
+	}
 	var bytes uint64
-	for i := range k + 1 {
-		src := netip.AddrFrom4([4]byte{198, 18, byte(2 + i/256), byte(i)})
-		frame := frames.MustBuild(with(udp4(0), func(s *frames.Spec) { s.Src = src }))
-		bytes += uint64(len(frame))
-		if v := run(t, d, frame); v != xdpPass {
+	send := func(i int) {
+		t.Helper()
+		bytes += uint64(len(frame(i)))
+		if v := run(t, d, frame(i)); v != xdpPass {
 			t.Fatalf("source %d: verdict %d, want pass", i, v)
 		}
 	}
-	st := stats(t, d)
-	if st.Packets != k+1 || st.Passed != k+1 || st.Bytes != bytes || st.TalkerInserts != k+1 || st.TalkerInsertErrors != 0 {
-		t.Fatalf("stats %+v: want %d packets passed, %d bytes, %d inserts, 0 insert errors", st, k+1, bytes, k+1)
+	check := func(step string, packets, inserts, full uint64, tracked int) map[string]bpf.Talker {
+		t.Helper()
+		st := stats(t, d)
+		if st.Packets != packets || st.Passed != packets || st.Bytes != bytes || st.TalkerInserts != inserts ||
+			st.TalkersFull != full || st.TalkerInsertErrors != 0 {
+			t.Fatalf("%s: stats %+v: want %d packets passed, %d bytes, %d inserts, %d full, 0 insert errors",
+				step, st, packets, bytes, inserts, full)
+		}
+		got := talkerMap(t, d)
+		if len(got) != tracked {
+			t.Fatalf("%s: %d sources tracked, want %d", step, len(got), tracked)
+		}
+		return got
 	}
-	tracked := len(talkerMap(t, d))
-	evicted := int(st.TalkerInserts) - tracked
-	if tracked > k || evicted < 1 {
-		t.Fatalf("tracked %d of capacity %d, evicted %d: want at most %d tracked and at least one eviction", tracked, k, evicted, k)
+	for i := range k + 1 {
+		send(i)
 	}
-	t.Logf("capacity %d: %d inserts, %d tracked, %d evicted", k, st.TalkerInserts, tracked, evicted)
+	// Every source was new at this read: none is idle, none is evicted.
+	if got := check("full", k+1, k, 1, k); got[src(k).String()].Packets != 0 {
+		t.Fatalf("source %s tracked in a full table", src(k))
+	}
+	// Source k again, still no slot; then 10 of the others: the read frees
+	// k/16 slots of the idle ones, the lowest slots among equals.
+	send(k)
+	for i := range 10 {
+		send(i)
+	}
+	got := check("evicted", k+12, k, 2, k-k/16)
+	for i := range k {
+		_, tracked := got[src(i).String()]
+		if want := i < 10 || i >= 10+k/16; tracked != want {
+			t.Fatalf("source %d tracked %v, want %v", i, tracked, want)
+		}
+	}
+	send(k)
+	got = check("inserted", k+13, k+1, 2, k-k/16+1)
+	if tk := got[src(k).String()]; tk.Packets != 1 || tk.Bytes != uint64(len(frame(k))) {
+		t.Fatalf("source %s after eviction: %+v, want its 1 frame only", src(k), tk)
+	}
+	t.Logf("capacity %d: %d inserts, %d tracked, %d evicted", k, k+1, k-k/16+1, k/16)
 }
 
 // TestExactUnderConcurrency runs the program on two CPUs at once, each

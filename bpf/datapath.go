@@ -40,8 +40,10 @@ const filterBitsPerPrefix = 16
 
 // Config sizes the program's maps. Zero fields take the defaults above.
 type Config struct {
-	// MaxTrackedSources is the capacity of the talker map (an LRU: when full,
-	// the least recently seen source is evicted).
+	// MaxTrackedSources is the capacity of the talker table, in sources.
+	// When it is full, new sources are not tracked (Stats.TalkersFull)
+	// until the next Talkers call frees the slots of the sources idle
+	// longest.
 	MaxTrackedSources uint32
 	// MaxPrefixes is the capacity of the rule map, all tables together.
 	MaxPrefixes uint32
@@ -53,7 +55,8 @@ type Config struct {
 	SampleRingBytes uint32
 	// PinPath, when set, is a directory on a bpffs where the maps are pinned
 	// by name. Maps already pinned there are reused (adopted) when they
-	// match, so counters and rules survive a restart.
+	// match, so counters and rules survive a restart; the talker table is
+	// copied instead (see carryTalkers).
 	PinPath string
 }
 
@@ -107,6 +110,7 @@ type Datapath struct {
 	replaced, carried []string
 	// talkersSeen is how many talkers the last Talkers call read.
 	talkersSeen atomic.Int64
+	talkers     *talkerTable
 }
 
 // Load loads the XDP program into the kernel with maps sized by cfg.
@@ -129,7 +133,15 @@ func Load(cfg Config) (*Datapath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load program spec: %w", err)
 	}
-	spec.Maps[lanmonitorMapLmTalkers].MaxEntries = cfg.MaxTrackedSources
+	slots := cfg.MaxTrackedSources
+	spec.Maps[lanmonitorMapLmSlotOf].MaxEntries = slots
+	// A stripe per possible CPU and the carried stripe (talkers.go).
+	spec.Maps[lanmonitorMapLmTalkerCounts].MaxEntries = uint32(cpus+1) * slots
+	spec.Maps[lanmonitorMapLmTalkerAddrs].MaxEntries = slots
+	spec.Maps[lanmonitorMapLmFreeSlots].MaxEntries = slots
+	if err := spec.Variables[lanmonitorVarLmSlots].Set(slots); err != nil {
+		return nil, fmt.Errorf("set talker capacity: %w", err)
+	}
 	// Two generations of every prefix (types.h: struct lm_config). The map
 	// is not preallocated: memory follows the entries.
 	spec.Maps[lanmonitorMapLmRules].MaxEntries = 2 * cfg.MaxPrefixes
@@ -144,6 +156,7 @@ func Load(cfg Config) (*Datapath, error) {
 	var createdDir bool
 	var before map[string]bool
 	var old map[string]*ebpf.Map // pinned maps that do not match: replaced
+	var oldTalkers map[string]*ebpf.Map
 	if cfg.PinPath != "" {
 		if _, err := os.Stat(cfg.PinPath); errors.Is(err, os.ErrNotExist) {
 			createdDir = true
@@ -161,13 +174,20 @@ func Load(cfg Config) (*Datapath, error) {
 				spec.Maps[name].Pinning = ebpf.PinByName
 			}
 		}
+		if oldTalkers, err = pinnedTalkers(spec, cfg.PinPath); err != nil {
+			closeMaps(old)
+			return nil, err
+		}
+		if len(oldTalkers) == 0 {
+			// Adopted as they are, or none pinned yet.
+			for _, name := range talkerMaps {
+				spec.Maps[name].Pinning = ebpf.PinByName
+			}
+		}
 		opts.Maps.PinPath = cfg.PinPath
 	}
-	defer func() {
-		for _, m := range old {
-			m.Close()
-		}
-	}()
+	defer closeMaps(old)
+	defer func() { closeMaps(oldTalkers) }()
 
 	d := &Datapath{cfg: cfg, cpus: cpus, filter: newRuleFilter(cfg.filterWords())}
 	if err := spec.LoadAndAssign(&d.objs, opts); err != nil {
@@ -186,6 +206,23 @@ func Load(cfg Config) (*Datapath, error) {
 		}
 		return nil, fmt.Errorf("load xdp program: %w", err)
 	}
+	if d.talkers, err = newTalkerTable(&d.objs, int(slots), cpus); err != nil {
+		return nil, errors.Join(err, d.objs.Close())
+	}
+	// The pinned table (or none yet) is adopted unless another is carried.
+	adoptTalkers := cfg.PinPath != "" && len(oldTalkers) == 0
+	if len(oldTalkers) > 0 {
+		names := slices.Sorted(maps.Keys(oldTalkers))
+		d.replaced = append(d.replaced, names...)
+		// carryTalkers owns the old maps from here.
+		carry := oldTalkers
+		oldTalkers = nil
+		if carried, err := d.carryTalkers(carry); err != nil {
+			return nil, errors.Join(err, d.objs.Close())
+		} else if carried {
+			d.carried = append(d.carried, names...)
+		}
+	}
 	for _, name := range slices.Sorted(maps.Keys(old)) {
 		d.replaced = append(d.replaced, name)
 		if carried, err := d.carryOver(name, old[name]); err != nil {
@@ -196,6 +233,11 @@ func Load(cfg Config) (*Datapath, error) {
 	}
 	if err := d.openGrace(); err != nil {
 		return nil, errors.Join(err, d.objs.Close())
+	}
+	if adoptTalkers {
+		if err := d.repairTalkers(); err != nil {
+			return nil, errors.Join(err, d.Close())
+		}
 	}
 	if err := d.adopt(); err != nil {
 		return nil, errors.Join(err, d.Close())
@@ -284,14 +326,16 @@ func checkPins(spec *ebpf.CollectionSpec, dir string) (map[string]*ebpf.Map, err
 
 // Replaced names the pinned maps that did not match this program and were
 // replaced by new ones at Load; the caller pins the new ones (Pin) once the
-// interface runs the new program. Nil when every pin was adopted.
+// interface runs the new program. Nil when every pin was adopted. The talker
+// table's maps are replaced together, as the rule maps are.
 func (d *Datapath) Replaced() []string { return d.replaced }
 
 // CarriedOver names the replaced maps whose contents were copied into the
-// new ones at Load: the talker map when only its capacity or flags changed
-// (frames the old program counts after the copy are not carried), the rule
-// counters likewise, and the global counters when the old value is a prefix
-// of the new one (fields are only ever appended to struct lm_stats).
+// new ones at Load: the talker table (from one of another capacity, or from
+// the legacy lm_talkers of releases up to 0.3), the rule counters when only
+// their capacity or flags changed (frames the old program counts after the
+// copy are not carried), and the global counters when the old value is a
+// prefix of the new one (fields are only ever appended to struct lm_stats).
 func (d *Datapath) CarriedOver() []string { return d.carried }
 
 // carryOver copies what the replaced map old holds into its new twin when
@@ -299,8 +343,6 @@ func (d *Datapath) CarriedOver() []string { return d.carried }
 // write of a map whose layout allowed the copy.
 func (d *Datapath) carryOver(name string, old *ebpf.Map) (bool, error) {
 	switch name {
-	case lanmonitorMapLmTalkers:
-		return copyEntries[lanmonitorLmAddr, lanmonitorLmTalker](old, d.objs.LmTalkers, d.cpus)
 	case lanmonitorMapLmRuleStats:
 		return copyEntries[uint32, lanmonitorLmRuleCounters](old, d.objs.LmRuleStats, d.cpus)
 	case lanmonitorMapLmGlobalStats:
@@ -365,9 +407,10 @@ func (d *Datapath) carryGlobalStats(old *ebpf.Map) (bool, error) {
 	return true, nil
 }
 
-// pinnedMaps are the maps pinned under Config.PinPath (all but the ring
-// buffer, which holds nothing worth keeping across a restart).
-var pinnedMaps = []string{lanmonitorMapLmTalkers, lanmonitorMapLmRules, lanmonitorMapLmFilter,
+// pinnedMaps are the maps pinned under Config.PinPath and adopted when they
+// match; the talker table (talkerMaps) is pinned too, but copied; the ring
+// buffer holds nothing worth keeping across a restart.
+var pinnedMaps = []string{lanmonitorMapLmRules, lanmonitorMapLmFilter,
 	lanmonitorMapLmRuleStats, lanmonitorMapLmGlobalStats, lanmonitorMapLmSettings}
 
 func pinFiles(dir string) map[string]bool {
@@ -392,9 +435,15 @@ func removeNewPins(dir string, before map[string]bool, createdDir bool) {
 
 // Pin pins the maps by name into dir (a bpffs directory, created if needed),
 // replacing pins of the same names, and makes dir this Datapath's PinPath.
+// A talker table carried over at Load first gets what the old program
+// counted since the copy (finishCarry): call Pin once the interface runs
+// this program.
 // Maps adopted from pins in dir at Load stay pinned as they are.
 // Used after loading without pins because the old ones were incompatible.
 func (d *Datapath) Pin(dir string) error {
+	if err := d.finishCarry(); err != nil {
+		return err
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create pin directory: %w", err)
 	}
@@ -413,7 +462,11 @@ func (d *Datapath) Pin(dir string) error {
 			return fmt.Errorf("pin %s: %w", path, err)
 		}
 	}
+	if err := os.Remove(filepath.Join(dir, legacyTalkers)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove pin of %s: %w", legacyTalkers, err)
+	}
 	d.cfg.PinPath = dir
+	d.replaced = nil
 	return nil
 }
 
@@ -424,7 +477,11 @@ type namedMap struct {
 
 func (d *Datapath) pinnable() []namedMap {
 	return []namedMap{
-		{lanmonitorMapLmTalkers, d.objs.LmTalkers},
+		{lanmonitorMapLmSlotOf, d.objs.LmSlotOf},
+		{lanmonitorMapLmTalkerCounts, d.objs.LmTalkerCounts},
+		{lanmonitorMapLmTalkerAddrs, d.objs.LmTalkerAddrs},
+		{lanmonitorMapLmFreeSlots, d.objs.LmFreeSlots},
+		{lanmonitorMapLmSlotNext, d.objs.LmSlotNext},
 		{lanmonitorMapLmRules, d.objs.LmRules},
 		{lanmonitorMapLmFilter, d.objs.LmFilter},
 		{lanmonitorMapLmRuleStats, d.objs.LmRuleStats},
@@ -497,9 +554,16 @@ func (d *Datapath) Config() Config { return d.cfg }
 // Close releases the program and the maps (pins stay). Returns every error
 // met, joined.
 func (d *Datapath) Close() error {
+	if c := d.talkers.carry; c != nil {
+		closeMaps(c.old)
+	}
 	return errors.Join(
 		d.objs.LanmonitorXdp.Close(),
-		d.objs.LmTalkers.Close(),
+		d.objs.LmSlotOf.Close(),
+		d.objs.LmTalkerCounts.Close(),
+		d.objs.LmTalkerAddrs.Close(),
+		d.objs.LmFreeSlots.Close(),
+		d.objs.LmSlotNext.Close(),
 		d.objs.LmRules.Close(),
 		d.objs.LmFilter.Close(),
 		d.objs.LmRuleStats.Close(),
@@ -520,6 +584,13 @@ func (d *Datapath) Unpin() error {
 	var err error
 	for _, m := range d.pinnable() {
 		err = errors.Join(err, m.m.Unpin())
+	}
+	// The talker table's pins, even when this Datapath copied the table
+	// from them and has not pinned its own yet (Replaced).
+	for _, name := range append(slices.Clone(talkerMaps), legacyTalkers) {
+		if rmErr := os.Remove(filepath.Join(d.cfg.PinPath, name)); rmErr != nil && !errors.Is(rmErr, os.ErrNotExist) {
+			err = errors.Join(err, rmErr)
+		}
 	}
 	// The directory stays when something else (a link pin) still lives there.
 	if rmErr := os.Remove(d.cfg.PinPath); rmErr != nil && !errors.Is(rmErr, os.ErrNotExist) && !errors.Is(rmErr, syscall.ENOTEMPTY) {
@@ -629,41 +700,6 @@ func (d *Datapath) RuleCounters() (map[uint32]RuleCounters, error) {
 		}
 		if err != nil {
 			return nil, fmt.Errorf("read rule counters: %w", err)
-		}
-	}
-}
-
-// talkerBatch is how many talkers are read per BPF_MAP_LOOKUP_BATCH call.
-const talkerBatch = 4096
-
-// Talkers returns every tracked source with its counters summed over CPUs, in
-// no particular order.
-func (d *Datapath) Talkers() ([]Talker, error) {
-	keys := make([]lanmonitorLmAddr, talkerBatch)
-	vals := make([]lanmonitorLmTalker, talkerBatch*d.cpus)
-	var cursor ebpf.MapBatchCursor
-	// As many as the last read found, and a batch more: the slice is
-	// rarely grown (each growth copies every talker read so far).
-	out := make([]Talker, 0, min(int(d.talkersSeen.Load())+talkerBatch, int(d.cfg.MaxTrackedSources)))
-	defer func() { d.talkersSeen.Store(int64(len(out))) }()
-	for {
-		n, err := d.objs.LmTalkers.BatchLookup(&cursor, keys, vals, nil)
-		for i := range n {
-			t := Talker{Addr: Addr(keys[i].Bytes)}
-			for cpu := range d.cpus {
-				v := &vals[i*d.cpus+cpu]
-				t.Packets += v.Packets
-				t.Bytes += v.Bytes
-				t.LocalPackets += v.LocalPackets
-				t.SnoopedPackets += v.SnoopedPackets
-			}
-			out = append(out, t)
-		}
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return out, nil
-		}
-		if err != nil {
-			return nil, fmt.Errorf("read talkers: %w", err)
 		}
 	}
 }

@@ -2,6 +2,8 @@ package bpf
 
 import "github.com/cilium/ebpf"
 
-// TalkersMap is d's lm_talkers, for benchmarks that measure its kernel
+// TalkerMaps is the maps of d's talker table, for benchmarks that measure their kernel
 // memory.
-func TalkersMap(d *Datapath) *ebpf.Map { return d.objs.LmTalkers }
+func TalkerMaps(d *Datapath) []*ebpf.Map {
+	return []*ebpf.Map{d.objs.LmSlotOf, d.objs.LmTalkerCounts, d.objs.LmTalkerAddrs, d.objs.LmFreeSlots, d.objs.LmSlotNext}
+}

@@ -44,34 +44,73 @@ static __always_inline int lm_is_local(const struct ethhdr *eth, const struct lm
 }
 
 /*
- * lm_count_talker: add one frame of len bytes to the source's per-CPU
- * counters. Increment in place; on a miss insert with BPF_NOEXIST, and if
- * another CPU inserted the key first (-EEXIST), look it up again and
- * increment, so no frame is lost.
+ * lm_take_slot: give the new source src a slot (maps.h: the talker table)
+ * and return 0 with the slot in *slot, or -1 if it is not tracked. If
+ * another CPU gave src a slot first, that slot is returned and ours goes
+ * back to lm_free_slots, so no frame is lost.
+ */
+static __always_inline int lm_take_slot(struct lm_stats *st, const struct lm_addr *src, __u32 *slot)
+{
+	__u32 zero = 0;
+	struct lm_addr *owner;
+	__u32 *next, *found;
+	long err;
+
+	if (bpf_map_pop_elem(&lm_free_slots, slot)) {
+		next = bpf_map_lookup_elem(&lm_slot_next, &zero);
+		/* Read before adding, so that a full table's next stays put. */
+		if (!next || *next >= lm_slots) {
+			st->talkers_full++;
+			return -1;
+		}
+		*slot = __sync_fetch_and_add(next, 1);
+		if (*slot >= lm_slots) {
+			st->talkers_full++;
+			return -1;
+		}
+	}
+	owner = bpf_map_lookup_elem(&lm_talker_addrs, slot);
+	if (!owner) {
+		st->talker_insert_errors++;
+		return -1;
+	}
+	*owner = *src;
+	err = bpf_map_update_elem(&lm_slot_of, src, slot, BPF_NOEXIST);
+	if (err == 0) {
+		st->talker_inserts++;
+		return 0;
+	}
+	bpf_map_push_elem(&lm_free_slots, slot, 0);
+	if (err == -LM_EEXIST) {
+		found = bpf_map_lookup_elem(&lm_slot_of, src);
+		if (found) {
+			*slot = *found;
+			return 0;
+		}
+	}
+	st->talker_insert_errors++;
+	return -1;
+}
+
+/*
+ * lm_count_talker: add one frame of len bytes to the source's counters in
+ * this CPU's stripe of lm_talker_counts, giving a new source a slot first.
  */
 static __always_inline void lm_count_talker(struct lm_stats *st, const struct lm_addr *src, __u64 len, int local)
 {
-	struct lm_talker *t = bpf_map_lookup_elem(&lm_talkers, src);
+	__u32 *found = bpf_map_lookup_elem(&lm_slot_of, src);
+	struct lm_talker *t;
+	__u32 slot, idx;
 
+	if (found)
+		slot = *found;
+	else if (lm_take_slot(st, src, &slot))
+		return;
+	idx = bpf_get_smp_processor_id() * lm_slots + slot;
+	t = bpf_map_lookup_elem(&lm_talker_counts, &idx);
 	if (!t) {
-		struct lm_talker init = {
-			.packets = 1,
-			.bytes = len,
-			.local_packets = local ? 1 : 0,
-			.snooped_packets = local ? 0 : 1,
-		};
-		long err = bpf_map_update_elem(&lm_talkers, src, &init, BPF_NOEXIST);
-
-		if (err == 0) {
-			st->talker_inserts++;
-			return;
-		}
-		if (err == -LM_EEXIST)
-			t = bpf_map_lookup_elem(&lm_talkers, src);
-		if (!t) {
-			st->talker_insert_errors++;
-			return;
-		}
+		st->talker_insert_errors++;
+		return;
 	}
 	t->packets++;
 	t->bytes += len;

@@ -100,6 +100,7 @@ type lanmonitorLmStats struct {
 	SamplesLost        uint64
 	FilteredSnooped    uint64
 	V4Mapped           uint64
+	TalkersFull        uint64
 }
 
 type lanmonitorLmTalker struct {
@@ -115,14 +116,19 @@ type lanmonitorLmTalker struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	lanmonitorMapLmFilter           = "lm_filter"
+	lanmonitorMapLmFreeSlots        = "lm_free_slots"
 	lanmonitorMapLmGlobalStats      = "lm_global_stats"
 	lanmonitorMapLmRuleStats        = "lm_rule_stats"
 	lanmonitorMapLmRules            = "lm_rules"
 	lanmonitorMapLmSamples          = "lm_samples"
 	lanmonitorMapLmSettings         = "lm_settings"
-	lanmonitorMapLmTalkers          = "lm_talkers"
+	lanmonitorMapLmSlotNext         = "lm_slot_next"
+	lanmonitorMapLmSlotOf           = "lm_slot_of"
+	lanmonitorMapLmTalkerAddrs      = "lm_talker_addrs"
+	lanmonitorMapLmTalkerCounts     = "lm_talker_counts"
 	lanmonitorProgLanmonitorXdp     = "lanmonitor_xdp"
 	lanmonitorVarLmFilterWordMask   = "lm_filter_word_mask"
+	lanmonitorVarLmSlots            = "lm_slots"
 	lanmonitorVarLmUnusedFlowSample = "lm_unused_flow_sample"
 )
 
@@ -175,13 +181,17 @@ type lanmonitorProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type lanmonitorMapSpecs struct {
-	LmFilter      *ebpf.MapSpec `ebpf:"lm_filter"`
-	LmGlobalStats *ebpf.MapSpec `ebpf:"lm_global_stats"`
-	LmRuleStats   *ebpf.MapSpec `ebpf:"lm_rule_stats"`
-	LmRules       *ebpf.MapSpec `ebpf:"lm_rules"`
-	LmSamples     *ebpf.MapSpec `ebpf:"lm_samples"`
-	LmSettings    *ebpf.MapSpec `ebpf:"lm_settings"`
-	LmTalkers     *ebpf.MapSpec `ebpf:"lm_talkers"`
+	LmFilter       *ebpf.MapSpec `ebpf:"lm_filter"`
+	LmFreeSlots    *ebpf.MapSpec `ebpf:"lm_free_slots"`
+	LmGlobalStats  *ebpf.MapSpec `ebpf:"lm_global_stats"`
+	LmRuleStats    *ebpf.MapSpec `ebpf:"lm_rule_stats"`
+	LmRules        *ebpf.MapSpec `ebpf:"lm_rules"`
+	LmSamples      *ebpf.MapSpec `ebpf:"lm_samples"`
+	LmSettings     *ebpf.MapSpec `ebpf:"lm_settings"`
+	LmSlotNext     *ebpf.MapSpec `ebpf:"lm_slot_next"`
+	LmSlotOf       *ebpf.MapSpec `ebpf:"lm_slot_of"`
+	LmTalkerAddrs  *ebpf.MapSpec `ebpf:"lm_talker_addrs"`
+	LmTalkerCounts *ebpf.MapSpec `ebpf:"lm_talker_counts"`
 }
 
 // lanmonitorVariableSpecs contains global variables before they are loaded into the kernel.
@@ -189,6 +199,7 @@ type lanmonitorMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type lanmonitorVariableSpecs struct {
 	LmFilterWordMask   *ebpf.VariableSpec `ebpf:"lm_filter_word_mask"`
+	LmSlots            *ebpf.VariableSpec `ebpf:"lm_slots"`
 	LmUnusedFlowSample *ebpf.VariableSpec `ebpf:"lm_unused_flow_sample"`
 }
 
@@ -212,24 +223,32 @@ func (o *lanmonitorObjects) Close() error {
 //
 // It can be passed to loadLanmonitorObjects or ebpf.CollectionSpec.LoadAndAssign.
 type lanmonitorMaps struct {
-	LmFilter      *ebpf.Map `ebpf:"lm_filter"`
-	LmGlobalStats *ebpf.Map `ebpf:"lm_global_stats"`
-	LmRuleStats   *ebpf.Map `ebpf:"lm_rule_stats"`
-	LmRules       *ebpf.Map `ebpf:"lm_rules"`
-	LmSamples     *ebpf.Map `ebpf:"lm_samples"`
-	LmSettings    *ebpf.Map `ebpf:"lm_settings"`
-	LmTalkers     *ebpf.Map `ebpf:"lm_talkers"`
+	LmFilter       *ebpf.Map `ebpf:"lm_filter"`
+	LmFreeSlots    *ebpf.Map `ebpf:"lm_free_slots"`
+	LmGlobalStats  *ebpf.Map `ebpf:"lm_global_stats"`
+	LmRuleStats    *ebpf.Map `ebpf:"lm_rule_stats"`
+	LmRules        *ebpf.Map `ebpf:"lm_rules"`
+	LmSamples      *ebpf.Map `ebpf:"lm_samples"`
+	LmSettings     *ebpf.Map `ebpf:"lm_settings"`
+	LmSlotNext     *ebpf.Map `ebpf:"lm_slot_next"`
+	LmSlotOf       *ebpf.Map `ebpf:"lm_slot_of"`
+	LmTalkerAddrs  *ebpf.Map `ebpf:"lm_talker_addrs"`
+	LmTalkerCounts *ebpf.Map `ebpf:"lm_talker_counts"`
 }
 
 func (m *lanmonitorMaps) Close() error {
 	return _LanmonitorClose(
 		m.LmFilter,
+		m.LmFreeSlots,
 		m.LmGlobalStats,
 		m.LmRuleStats,
 		m.LmRules,
 		m.LmSamples,
 		m.LmSettings,
-		m.LmTalkers,
+		m.LmSlotNext,
+		m.LmSlotOf,
+		m.LmTalkerAddrs,
+		m.LmTalkerCounts,
 	)
 }
 
@@ -238,6 +257,7 @@ func (m *lanmonitorMaps) Close() error {
 // It can be passed to loadLanmonitorObjects or ebpf.CollectionSpec.LoadAndAssign.
 type lanmonitorVariables struct {
 	LmFilterWordMask   *ebpf.Variable `ebpf:"lm_filter_word_mask"`
+	LmSlots            *ebpf.Variable `ebpf:"lm_slots"`
 	LmUnusedFlowSample *ebpf.Variable `ebpf:"lm_unused_flow_sample"`
 }
 

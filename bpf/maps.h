@@ -11,13 +11,64 @@
 
 #include "types.h"
 
-/* Key: struct lm_addr (source address). Value: struct lm_talker per CPU. */
+/*
+ * The talker table, in slots. lm_slot_of gives a source its slot; the slot's
+ * counters are in lm_talker_counts, one stripe of lm_slots entries per
+ * possible CPU (index cpu * lm_slots + slot, written only by that CPU), and
+ * its source in lm_talker_addrs. Both arrays are BPF_F_MMAPABLE: the agent
+ * reads them as memory instead of looking entries up one by one. A new
+ * source takes a slot from lm_free_slots (freed by the agent, which zeroes
+ * them first) or else the next never used one (lm_slot_next); when there is
+ * none it is not tracked (lm_stats.talkers_full) until the agent frees the
+ * slots of idle sources. A slot is in use while its packets are not zero.
+ */
+
+/* The number of slots: set by Go before load (bpf.Config.MaxTrackedSources). */
+volatile const __u32 lm_slots = 65536;
+
+/* Key: struct lm_addr (source address). Value: __u32 slot. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
+	/* Elements are freed after an RCU grace period, so a lookup's slot
+	 * stays valid while the program runs. */
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct lm_addr);
+	__type(value, __u32);
+} lm_slot_of SEC(".maps");
+
+/* Key: __u32 cpu * lm_slots + slot. Value: struct lm_talker. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
 	__type(value, struct lm_talker);
-} lm_talkers SEC(".maps");
+} lm_talker_counts SEC(".maps");
+
+/* Key: __u32 slot. Value: struct lm_addr, the slot's source. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct lm_addr);
+} lm_talker_addrs SEC(".maps");
+
+/* Slots the agent freed (zeroed), for new sources. Value: __u32 slot. */
+struct {
+	__uint(type, BPF_MAP_TYPE_QUEUE);
+	__uint(max_entries, 65536);
+	__type(value, __u32);
+} lm_free_slots SEC(".maps");
+
+/* Key: __u32 0. Value: __u32, the lowest slot never handed out. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} lm_slot_next SEC(".maps");
 
 /*
  * Key: struct lm_rule_key (masked prefix, length, table). Value: struct lm_rule.

@@ -240,6 +240,7 @@ func TestPinMismatch(t *testing.T) {
 	rules := map[bpf.Table]map[netip.Prefix]bpf.Rule{bpf.TableSource: {netip.MustParsePrefix(src4(200).String() + "/32"): {ID: 3}}}
 	blocked, allowed := frames.MustBuild(udp4(200)), frames.MustBuild(udp4(201))
 	ruleUnit := []string{"lm_filter", "lm_rules", "lm_settings"}
+	talkerTable := []string{"lm_free_slots", "lm_slot_next", "lm_slot_of", "lm_talker_addrs", "lm_talker_counts"}
 
 	for _, c := range []struct {
 		name string
@@ -249,7 +250,11 @@ func TestPinMismatch(t *testing.T) {
 		replaced []string
 		carried  []string
 	}{
+		// The talker table's maps are replaced together, its sources copied.
 		{name: "talker capacity", cfg: func(c bpf.Config) bpf.Config { c.MaxTrackedSources = 2048; return c },
+			replaced: talkerTable, carried: talkerTable},
+		// Releases up to 0.3 pinned a per-CPU LRU hash of sources instead.
+		{name: "legacy talker map", pin: &ebpf.MapSpec{Name: "lm_talkers", Type: ebpf.LRUCPUHash, KeySize: 16, ValueSize: 32, MaxEntries: 1024},
 			replaced: []string{"lm_talkers"}, carried: []string{"lm_talkers"}},
 		{name: "rule capacity", cfg: func(c bpf.Config) bpf.Config { c.MaxPrefixes = 512; return c },
 			replaced: ruleUnit},
@@ -284,7 +289,7 @@ func TestPinMismatch(t *testing.T) {
 			var oldGlobal []uint64 // per CPU, the first word (packets) of the older struct
 			if c.pin != nil {
 				path := filepath.Join(cfg.PinPath, c.pin.Name)
-				if err := os.Remove(path); err != nil {
+				if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
 					t.Fatal(err)
 				}
 				m, err := ebpf.NewMap(c.pin)
@@ -292,8 +297,26 @@ func TestPinMismatch(t *testing.T) {
 					t.Fatal(err)
 				}
 				defer m.Close()
+				if c.pin.Name == "lm_talkers" {
+					// The legacy map replaces the talker table, with the
+					// same counts (on CPU 0): 2 frames of .201, 1 of .200.
+					for _, name := range []string{"lm_slot_of", "lm_talker_counts", "lm_talker_addrs", "lm_free_slots", "lm_slot_next"} {
+						if err := os.Remove(filepath.Join(cfg.PinPath, name)); err != nil {
+							t.Fatal(err)
+						}
+					}
+					cpus, _ := ebpf.PossibleCPU()
+					for src, n := range map[netip.Addr]uint64{src4(201): 2, src4(200): 1} {
+						per := make([][4]uint64, cpus)
+						per[0] = [4]uint64{n, n * uint64(len(allowed)), n, 0}
+						if err := m.Put(src.As16(), per); err != nil {
+							t.Fatal(err)
+						}
+					}
+				}
 				if c.pin.Name == "lm_global_stats" {
-					// An older struct lm_stats: every field but the last, v4_mapped.
+					// An older struct lm_stats: every field up to v4_mapped
+					// but it (release 0.2).
 					cpus, _ := ebpf.PossibleCPU()
 					per := make([][17]uint64, cpus)
 					for cpu := range per {
@@ -380,10 +403,14 @@ func TestPinMismatch(t *testing.T) {
 			if got := third.Replaced(); got != nil {
 				t.Errorf("after Pin, the next load replaced %v", got)
 			}
-			for _, name := range []string{"lm_talkers", "lm_rules", "lm_filter", "lm_rule_stats", "lm_global_stats", "lm_settings"} {
+			for _, name := range []string{"lm_slot_of", "lm_talker_counts", "lm_talker_addrs", "lm_free_slots", "lm_slot_next",
+				"lm_rules", "lm_filter", "lm_rule_stats", "lm_global_stats", "lm_settings"} {
 				if _, err := os.Stat(filepath.Join(cfg.PinPath, name)); err != nil {
 					t.Errorf("after Pin: %v", err)
 				}
+			}
+			if _, err := os.Stat(filepath.Join(cfg.PinPath, "lm_talkers")); !os.IsNotExist(err) {
+				t.Errorf("after Pin, the legacy talker map is still pinned: %v", err)
 			}
 			if got := stats(t, third); got != wantStats {
 				t.Errorf("global counters after the next load %+v, want %+v", got, wantStats)
@@ -398,5 +425,122 @@ func TestPinMismatch(t *testing.T) {
 				t.Errorf("source prefixes after the next load %v, want %v", got, wantRules)
 			}
 		})
+	}
+}
+
+// TestPinnedEvictionInterrupted: an agent killed between deleting a source
+// from lm_slot_of and handing its slot back leaves a slot with counters
+// and no owner. The next load frees it: it is not reported as a talker,
+// and the next new source gets it with its own counters only.
+func TestPinnedEvictionInterrupted(t *testing.T) {
+	privileged.Require(t)
+	dir, err := os.MkdirTemp(privileged.BPFFS, "lanmonitor-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	cfg := bpf.Config{MaxTrackedSources: 16, PinPath: filepath.Join(dir, "lab0")}
+	first := loadForTest(t, cfg)
+	for _, port := range []int{200, 201, 201} {
+		run(t, first, frames.MustBuild(udp4(port)))
+	}
+	first.Close()
+	// The eviction's first step, done by hand: .200 loses its entry.
+	slotOf, err := ebpf.LoadPinnedMap(filepath.Join(cfg.PinPath, "lm_slot_of"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := slotOf.Delete(src4(200).As16()); err != nil {
+		t.Fatal(err)
+	}
+	slotOf.Close()
+
+	second := loadForTest(t, cfg)
+	got := talkerMap(t, second)
+	if len(got) != 1 || got[src4(201).String()].Packets != 2 {
+		t.Fatalf("talkers after the load %+v: want %s alone with 2 packets", got, src4(201))
+	}
+	// .202 is new: it takes the freed slot (slot 0), zeroed; .200 comes
+	// back with a slot of its own.
+	run(t, second, frames.MustBuild(udp4(202)))
+	run(t, second, frames.MustBuild(udp4(200)))
+	got = talkerMap(t, second)
+	frameLen := uint64(len(frames.MustBuild(udp4(202))))
+	for src, packets := range map[string]uint64{src4(200).String(): 1, src4(201).String(): 2, src4(202).String(): 1} {
+		if tk := got[src]; tk.Packets != packets || tk.Bytes != packets*frameLen {
+			t.Errorf("talker %s %+v: want %d packets of %d bytes", src, tk, packets, frameLen)
+		}
+	}
+	if len(got) != 3 {
+		t.Errorf("%d talkers, want 3: %+v", len(got), got)
+	}
+	if st := stats(t, second); st.TalkerInserts != 4 || st.TalkersFull != 0 {
+		t.Errorf("stats %+v: want 4 inserts, 0 full", st)
+	}
+}
+
+// TestCarryWindow: the legacy talker map of releases up to 0.3 is copied
+// at Load, and what the old program counts into it until the interface
+// runs the new one is added at Pin, a source first seen in that window
+// included: the counts continue exactly.
+func TestCarryWindow(t *testing.T) {
+	privileged.Require(t)
+	dir, err := os.MkdirTemp(privileged.BPFFS, "lanmonitor-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	cfg := bpf.Config{MaxTrackedSources: 64, PinPath: filepath.Join(dir, "lab0")}
+	if err := os.MkdirAll(cfg.PinPath, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	legacy, err := ebpf.NewMap(&ebpf.MapSpec{Name: "lm_talkers", Type: ebpf.LRUCPUHash, KeySize: 16, ValueSize: 32, MaxEntries: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer legacy.Close()
+	if err := legacy.Pin(filepath.Join(cfg.PinPath, "lm_talkers")); err != nil {
+		t.Fatal(err)
+	}
+	cpus, _ := ebpf.PossibleCPU()
+	frameLen := uint64(len(frames.MustBuild(udp4(201))))
+	put := func(src netip.Addr, perCPU ...uint64) {
+		t.Helper()
+		per := make([][4]uint64, cpus)
+		for cpu, n := range perCPU {
+			per[cpu%cpus][0] += n
+			per[cpu%cpus][1] += n * frameLen
+			per[cpu%cpus][2] += n
+		}
+		if err := legacy.Put(src.As16(), per); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put(src4(201), 2, 1)
+	d := loadForTest(t, cfg)
+	if got := d.Replaced(); !slices.Equal(got, []string{"lm_talkers"}) {
+		t.Fatalf("replaced %v, want [lm_talkers]", got)
+	}
+	// The old program counts on: 2 more frames of .201, 3 of .202 (new).
+	put(src4(201), 3, 2)
+	put(src4(202), 3)
+	run(t, d, frames.MustBuild(udp4(201)))
+	if got := talkerMap(t, d)[src4(201).String()].Packets; got != 4 {
+		t.Fatalf(".201 before Pin: %d packets, want the 3 copied and 1 counted", got)
+	}
+	if err := d.Pin(cfg.PinPath); err != nil {
+		t.Fatal(err)
+	}
+	got := talkerMap(t, d)
+	for src, packets := range map[string]uint64{src4(201).String(): 6, src4(202).String(): 3} {
+		if tk := got[src]; tk.Packets != packets || tk.Bytes != packets*frameLen || tk.LocalPackets != packets {
+			t.Errorf("talker %s %+v: want %d local packets of %d bytes", src, tk, packets, frameLen)
+		}
+	}
+	if len(got) != 2 {
+		t.Errorf("%d talkers, want 2: %+v", len(got), got)
+	}
+	if _, err := os.Stat(filepath.Join(cfg.PinPath, "lm_talkers")); !os.IsNotExist(err) {
+		t.Errorf("the legacy map is still pinned after Pin: %v", err)
 	}
 }

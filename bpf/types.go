@@ -109,7 +109,7 @@ type Stats struct {
 	Local              uint64 // frames addressed to this interface
 	Snooped            uint64 // frames addressed to other hosts
 	Exempted           uint64 // blocklist matches passed because the address is protected
-	TalkerInserts      uint64 // sources inserted into the talker map (evictions = inserts - tracked)
+	TalkerInserts      uint64 // sources given a slot of the talker table (evictions = inserts - tracked)
 	TalkerInsertErrors uint64 // inserts that failed for a reason other than a lost race
 	SamplesLost        uint64 // flow samples lost to a full ring buffer
 	// FilteredSnooped counts frames for other hosts that were ignored
@@ -120,6 +120,9 @@ type Stats struct {
 	// the wire): matched against the IPv4 prefixes, and a v4-mapped source
 	// is not counted as a talker (it would alias the IPv4 host).
 	V4Mapped uint64
+	// TalkersFull counts frames of new sources that found every slot of
+	// the talker table taken: not tracked until Talkers frees idle ones.
+	TalkersFull uint64
 }
 
 func (s *Stats) add(v *lanmonitorLmStats) {
@@ -141,6 +144,7 @@ func (s *Stats) add(v *lanmonitorLmStats) {
 	s.SamplesLost += v.SamplesLost
 	s.FilteredSnooped += v.FilteredSnooped
 	s.V4Mapped += v.V4Mapped
+	s.TalkersFull += v.TalkersFull
 }
 
 // FlowSample is one sampled packet (Config sample rate 1-in-N).

@@ -21,7 +21,7 @@ struct lm_addr {
 	__u8 bytes[16];
 } __attribute__((aligned(8)));
 
-/* struct lm_talker: per-source counters (one copy per CPU). */
+/* struct lm_talker: per-source counters (one copy per CPU, see lm_talker_counts). */
 struct lm_talker {
 	__u64 packets;         /* frames from this source */
 	__u64 bytes;           /* sum of frame lengths (data_end - data) */
@@ -129,11 +129,12 @@ struct lm_stats {
 	__u64 local;      /* frames addressed to this interface */
 	__u64 snooped;    /* frames addressed to another host */
 	__u64 exempted;   /* blocklist matches passed because the address is protected */
-	__u64 talker_inserts;       /* new sources inserted into lm_talkers */
+	__u64 talker_inserts;       /* new sources given a slot of the talker table */
 	__u64 talker_insert_errors; /* inserts that failed other than by losing a race */
 	__u64 samples_lost;         /* flow samples dropped because the ring buffer was full */
 	__u64 filtered_snooped;     /* frames for other hosts ignored (not promiscuous); not in packets */
 	__u64 v4_mapped;            /* IPv6 packets with an IPv4-mapped source or destination */
+	__u64 talkers_full;         /* frames of new sources not tracked: no free slot */
 };
 
 /* Flow sample flags. */

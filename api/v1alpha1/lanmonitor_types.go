@@ -62,7 +62,9 @@ type LanMonitorSpec struct {
 	ReportInterval *metav1.Duration `json:"reportInterval,omitempty"`
 
 	// maxTrackedSources is the capacity of the per-node table of source
-	// addresses, in entries (least recently seen entries are evicted).
+	// addresses, in entries. When it is full, new sources are not tracked
+	// until the agent's next read frees the entries of the sources idle
+	// longest (1/16 of the capacity at a time).
 	// +optional
 	// +kubebuilder:default=65536
 	// +kubebuilder:validation:Minimum=16

@@ -109,7 +109,7 @@
     const full = t.trackedSourcesCapacity > 0 ? t.trackedSources / t.trackedSourcesCapacity : 0;
     const tracked = $("#tracked");
     put(tracked, count(t.trackedSources) + " of " + count(t.trackedSourcesCapacity) + " (" + (100 * full).toFixed(1) + "%)" +
-      (full > 0.9 ? ": over 90% full, the least recently seen sources are evicted (" + count(e.evictions) + " so far)" : ""), t.trackedSources);
+      (full > 0.9 ? ": over 90% full, the sources idle longest are evicted (" + count(e.evictions) + " so far)" : ""), t.trackedSources);
     tracked.classList.toggle("warn", full > 0.9);
     put($("#rate-bits"), bits(r.bitsPerSecond), r.bitsPerSecond);
     put($("#rate-packets"), pps(r.packetsPerSecond), r.packetsPerSecond);
