@@ -58,6 +58,7 @@ type talkerTable struct {
 	counts, addrs  *ebpf.Memory
 	countBuf       []lanmonitorLmTalker // readChunk per stripe
 	addrBuf        []lanmonitorLmAddr   // readChunk
+	slotBuf        []int                // the slot of each talker of a read
 	// packets is each slot's packets at the last read (0: free);
 	// lastActive is the number of the read that last saw them grow.
 	packets    []uint64
@@ -122,7 +123,8 @@ func (d *Datapath) Talkers() ([]Talker, error) {
 	used := min(int(next), t.slots)
 	t.reads++
 	out := make([]Talker, 0, min(int(d.talkersSeen.Load())+readChunk, used))
-	slotOf := make([]int, 0, cap(out))
+	slotOf := t.slotBuf[:0]
+	defer func() { t.slotBuf = slotOf[:0] }()
 	for start := 0; start < used; start += readChunk {
 		n := min(readChunk, used-start)
 		// Counters before addresses: a slot's address is written before
@@ -559,13 +561,16 @@ func readSlots(slotOf *ebpf.Map, counts, addrs *ebpf.Memory, slots, stripes int)
 // Errors: a failed map read or write.
 func (d *Datapath) repairTalkers() error {
 	t := d.talkers
-	owned, allCounts, allAddrs, err := readSlots(d.objs.LmSlotOf, t.counts, t.addrs, t.slots, t.stripes)
-	if err != nil {
-		return err
-	}
 	var next uint32
 	if err := d.objs.LmSlotNext.Lookup(uint32(0), &next); err != nil {
 		return fmt.Errorf("read talker slots: %w", err)
+	}
+	if next == 0 {
+		return nil // a new table
+	}
+	owned, allCounts, allAddrs, err := readSlots(d.objs.LmSlotOf, t.counts, t.addrs, t.slots, t.stripes)
+	if err != nil {
+		return err
 	}
 	var orphans []int
 	for s := range min(int(next), t.slots) {
