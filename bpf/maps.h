@@ -14,8 +14,9 @@
 /*
  * The talker table, in slots. lm_slot_of gives a source its slot; the slot's
  * counters are in lm_talker_counts, one stripe of lm_slots entries per
- * possible CPU (index cpu * lm_slots + slot, written only by that CPU), and
- * its source in lm_talker_addrs. Both arrays are BPF_F_MMAPABLE: the agent
+ * possible CPU (index cpu * lm_slots + slot, written only by that CPU) and a
+ * last stripe that only Go writes (counts carried over from an earlier
+ * table), and its source in lm_talker_addrs. Both arrays are BPF_F_MMAPABLE: the agent
  * reads them as memory instead of looking entries up one by one. A new
  * source takes a slot from lm_free_slots (freed by the agent, which zeroes
  * them first) or else the next never used one (lm_slot_next); when there is
@@ -37,7 +38,7 @@ struct {
 	__type(value, __u32);
 } lm_slot_of SEC(".maps");
 
-/* Key: __u32 cpu * lm_slots + slot. Value: struct lm_talker. */
+/* Key: __u32 stripe * lm_slots + slot. Value: struct lm_talker. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(map_flags, BPF_F_MMAPABLE);
