@@ -200,8 +200,23 @@ func (d *Datapath) evict(out []Talker, slotOf []int) ([]Talker, error) {
 		victims[j] = slotOf[i]
 		evicted[i] = true
 	}
-	if _, err := d.objs.LmSlotOf.BatchDelete(keys, nil); err != nil {
-		return nil, fmt.Errorf("evict talkers: %w", err)
+	// Each entry is deleted only if it still names the victim's slot: a
+	// slot whose entry is already gone (a failed earlier eviction) is
+	// freed all the same, and a source's newer slot is left alone. Only Go
+	// deletes and the program inserts with BPF_NOEXIST, so the check holds
+	// until the delete.
+	for j, k := range keys {
+		var slot uint32
+		err := d.objs.LmSlotOf.Lookup(k, &slot)
+		if errors.Is(err, ebpf.ErrKeyNotExist) || (err == nil && int(slot) != victims[j]) {
+			continue
+		}
+		if err == nil {
+			err = d.objs.LmSlotOf.Delete(k)
+		}
+		if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil, fmt.Errorf("evict talkers: %w", err)
+		}
 	}
 	if err := d.freeSlots(victims); err != nil {
 		return nil, err
