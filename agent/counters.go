@@ -31,7 +31,7 @@ var counters = []struct {
 	{"Local", "local_packets_total", "Frames addressed to this interface (own MAC, broadcast, multicast).", "local"},
 	{"Snooped", "snooped_packets_total", "Frames addressed to other hosts, seen in promiscuous mode.", "snooped"},
 	{"Exempted", "exempted_packets_total", "Blocklist matches passed because the address is protected.", "exempted"},
-	{"TalkerInserts", "talker_inserts_total", "Sources given a slot of the talker table (evictions = inserts - tracked).", "talkerInserts"},
+	{"TalkerInserts", "talker_inserts_total", "Sources given a slot of the talker table by the XDP program (sources carried over from an earlier table at an upgrade are not counted).", "talkerInserts"},
 	{"TalkerInsertErrors", "talker_insert_errors_total", "Sources that could not be inserted into the talker table for another reason than a full table.", "talkerInsertErrors"},
 	{"SamplesLost", "flow_samples_lost_total", "Flow samples lost to a full ring buffer.", "samplesLost"},
 	{"FilteredSnooped", "filtered_snooped_packets_total", "Frames for other hosts ignored because the interface is not meant to be promiscuous (not in packets_total).", "filteredSnooped"},

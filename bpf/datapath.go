@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -55,8 +56,9 @@ type Config struct {
 	SampleRingBytes uint32
 	// PinPath, when set, is a directory on a bpffs where the maps are pinned
 	// by name. Maps already pinned there are reused (adopted) when they
-	// match, so counters and rules survive a restart; the talker table is
-	// copied instead (see carryTalkers).
+	// match, so counters and rules survive a restart; those that do not
+	// match are replaced, their contents copied where the layouts allow
+	// (see Replaced, CarriedOver and carryTalkers).
 	PinPath string
 }
 
@@ -116,9 +118,12 @@ type Datapath struct {
 // Load loads the XDP program into the kernel with maps sized by cfg.
 // With cfg.PinPath set, it creates the directory, pins the maps there and
 // adopts maps already pinned (their rules and counters are kept); pinned maps
-// of a different size or layout are an error.
+// of a different size or layout are replaced (Replaced, CarriedOver) and
+// stay pinned until Pin.
 // Errors: the kernel refusing the program (verifier log included), missing
-// privileges (CAP_BPF, CAP_NET_ADMIN), or pinning failures.
+// privileges (CAP_BPF, CAP_NET_ADMIN), more than 2^32 talker counters
+// (MaxTrackedSources times possible CPUs plus one), pinned settings of a
+// newer release (ErrIncompatiblePins), or pinning failures.
 func Load(cfg Config) (*Datapath, error) {
 	cfg.setDefaults()
 	// Needed on kernels older than 5.11 only; a no-op on newer ones.
@@ -134,6 +139,10 @@ func Load(cfg Config) (*Datapath, error) {
 		return nil, fmt.Errorf("load program spec: %w", err)
 	}
 	slots := cfg.MaxTrackedSources
+	if uint64(cpus+1)*uint64(slots) > math.MaxUint32 {
+		// The counters array is indexed by a 32-bit (stripe * slots + slot).
+		return nil, fmt.Errorf("%d tracked sources on %d possible CPUs: over 2^32 talker counters, track fewer sources", slots, cpus)
+	}
 	spec.Maps[lanmonitorMapLmSlotOf].MaxEntries = slots
 	// A stripe per possible CPU and the carried stripe (talkers.go).
 	spec.Maps[lanmonitorMapLmTalkerCounts].MaxEntries = uint32(cpus+1) * slots
@@ -218,7 +227,7 @@ func Load(cfg Config) (*Datapath, error) {
 		carry := oldTalkers
 		oldTalkers = nil
 		if carried, err := d.carryTalkers(carry); err != nil {
-			return nil, errors.Join(err, d.objs.Close())
+			return nil, errors.Join(err, d.Close())
 		} else if carried {
 			d.carried = append(d.carried, names...)
 		}
@@ -226,13 +235,13 @@ func Load(cfg Config) (*Datapath, error) {
 	for _, name := range slices.Sorted(maps.Keys(old)) {
 		d.replaced = append(d.replaced, name)
 		if carried, err := d.carryOver(name, old[name]); err != nil {
-			return nil, errors.Join(err, d.objs.Close())
+			return nil, errors.Join(err, d.Close())
 		} else if carried {
 			d.carried = append(d.carried, name)
 		}
 	}
 	if err := d.openGrace(); err != nil {
-		return nil, errors.Join(err, d.objs.Close())
+		return nil, errors.Join(err, d.Close())
 	}
 	if adoptTalkers {
 		if err := d.repairTalkers(); err != nil {
@@ -408,8 +417,9 @@ func (d *Datapath) carryGlobalStats(old *ebpf.Map) (bool, error) {
 }
 
 // pinnedMaps are the maps pinned under Config.PinPath and adopted when they
-// match; the talker table (talkerMaps) is pinned too, but copied; the ring
-// buffer holds nothing worth keeping across a restart.
+// match; the talker table (talkerMaps) is pinned too, and adopted or
+// replaced as a whole (pinnedTalkers); the ring buffer holds nothing worth
+// keeping across a restart.
 var pinnedMaps = []string{lanmonitorMapLmRules, lanmonitorMapLmFilter,
 	lanmonitorMapLmRuleStats, lanmonitorMapLmGlobalStats, lanmonitorMapLmSettings}
 

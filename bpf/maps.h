@@ -21,7 +21,7 @@
  * source takes a slot from lm_free_slots (freed by the agent, which zeroes
  * them first) or else the next never used one (lm_slot_next); when there is
  * none it is not tracked (lm_stats.talkers_full) until the agent frees the
- * slots of idle sources. A slot is in use while its packets are not zero.
+ * slots of idle sources. A slot is in use while lm_slot_of names it.
  */
 
 /* The number of slots: set by Go before load (bpf.Config.MaxTrackedSources). */
@@ -31,8 +31,14 @@ volatile const __u32 lm_slots = 65536;
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
-	/* Elements are freed after an RCU grace period, so a lookup's slot
-	 * stays valid while the program runs. */
+	/* Not preallocated: memory follows the sources. A deleted element
+	 * stays readable memory, but since kernel 6.1 (bpf_mem_alloc) it may
+	 * be handed to a new element at once, like SLAB_TYPESAFE_BY_RCU: a
+	 * program that looked the source up just before its eviction can read
+	 * another source's slot and count one frame there. The slot itself is
+	 * reused only after the agent waited an RCU grace period
+	 * (bpf/talkers.go: freeSlots), so it is never counted for two sources
+	 * at once. */
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct lm_addr);
 	__type(value, __u32);

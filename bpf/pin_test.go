@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 
@@ -542,5 +543,95 @@ func TestCarryWindow(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(cfg.PinPath, "lm_talkers")); !os.IsNotExist(err) {
 		t.Errorf("the legacy map is still pinned after Pin: %v", err)
+	}
+}
+
+// TestLegacyPinBesideTable: a matching talker table and the legacy
+// lm_talkers pinned side by side. Pinned after the legacy map, the table
+// was in force (an upgrade killed in Pin before it removed the legacy pin):
+// it is adopted and the stale legacy map ignored. Pinned before it, the
+// legacy map was in force (a rollback to 0.3, which knows only lm_talkers):
+// the legacy map is carried and the stale table replaced.
+func TestLegacyPinBesideTable(t *testing.T) {
+	privileged.Require(t)
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	frameLen := uint64(len(frames.MustBuild(udp4(201))))
+	for _, tc := range []struct {
+		name        string
+		legacyAge   time.Duration // how long before the table the legacy map was pinned
+		wantPackets uint64        // .201 after one more frame
+		wantReplace bool
+	}{
+		{name: "upgrade killed in Pin", legacyAge: time.Hour, wantPackets: 2 + 1},
+		{name: "rollback to 0.3", legacyAge: -time.Hour, wantPackets: 100 + 1, wantReplace: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir, err := os.MkdirTemp(privileged.BPFFS, "lanmonitor-test-")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { os.RemoveAll(dir) })
+			cfg := bpf.Config{MaxTrackedSources: 64, PinPath: filepath.Join(dir, "lab0")}
+			first, err := bpf.Load(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := first.SetInterfaceMAC(ourMAC); err != nil {
+				t.Fatal(err)
+			}
+			for range 2 {
+				run(t, first, frames.MustBuild(udp4(201)))
+			}
+			if err := first.Pin(cfg.PinPath); err != nil {
+				t.Fatal(err)
+			}
+			if err := first.Close(); err != nil {
+				t.Fatal(err)
+			}
+			legacy, err := ebpf.NewMap(&ebpf.MapSpec{Name: "lm_talkers", Type: ebpf.LRUCPUHash, KeySize: 16, ValueSize: 32, MaxEntries: 64})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer legacy.Close()
+			per := make([][4]uint64, cpus)
+			per[0] = [4]uint64{100, 100 * frameLen, 100, 0}
+			if err := legacy.Put(src4(201).As16(), per); err != nil {
+				t.Fatal(err)
+			}
+			legacyPin := filepath.Join(cfg.PinPath, "lm_talkers")
+			if err := legacy.Pin(legacyPin); err != nil {
+				t.Fatal(err)
+			}
+			table, err := os.Stat(filepath.Join(cfg.PinPath, "lm_slot_of"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			at := table.ModTime().Add(-tc.legacyAge)
+			if err := os.Chtimes(legacyPin, at, at); err != nil {
+				t.Fatal(err)
+			}
+
+			d := loadForTest(t, cfg)
+			if got := slices.Contains(d.Replaced(), "lm_talkers"); got != tc.wantReplace {
+				t.Errorf("replaced %v: lm_talkers replaced %v, want %v", d.Replaced(), got, tc.wantReplace)
+			}
+			run(t, d, frames.MustBuild(udp4(201)))
+			if err := d.Pin(cfg.PinPath); err != nil {
+				t.Fatal(err)
+			}
+			got := talkerMap(t, d)
+			if tk := got[src4(201).String()]; tk.Packets != tc.wantPackets || tk.Bytes != tc.wantPackets*frameLen {
+				t.Errorf(".201 %+v: want %d packets of %d bytes", tk, tc.wantPackets, frameLen)
+			}
+			if len(got) != 1 {
+				t.Errorf("%d talkers, want 1: %+v", len(got), got)
+			}
+			if _, err := os.Stat(legacyPin); !os.IsNotExist(err) {
+				t.Errorf("the legacy map is still pinned after Pin: %v", err)
+			}
+		})
 	}
 }

@@ -262,6 +262,12 @@ func (d *Datapath) freeSlots(slots []int) error {
 // talker map, for carryTalkers; the caller closes what it returns. Nil when
 // nothing is pinned or the table matches: Load then adopts it as it is, so
 // that no frame the old program counts is lost.
+//
+// A matching table and the legacy map pinned side by side: the one pinned
+// last was in force. The table, when an upgrade was killed in Pin after
+// pinning it (it then held the carried counts) and before removing the
+// legacy pin; the legacy map, after a rollback to a release that knows only
+// it (the table's pins are then stale).
 func pinnedTalkers(spec *ebpf.CollectionSpec, dir string) (map[string]*ebpf.Map, error) {
 	out := map[string]*ebpf.Map{}
 	match := true
@@ -276,9 +282,19 @@ func pinnedTalkers(spec *ebpf.CollectionSpec, dir string) (map[string]*ebpf.Map,
 			return nil, fmt.Errorf("open pinned map %s: %w", name, err)
 		}
 		out[name] = m
-		if name == legacyTalkers || spec.Maps[name].Compatible(m) != nil {
+		if name != legacyTalkers && spec.Maps[name].Compatible(m) != nil {
 			match = false
 		}
+	}
+	if match && out[legacyTalkers] != nil {
+		table, err1 := os.Stat(filepath.Join(dir, lanmonitorMapLmSlotOf))
+		legacy, err2 := os.Stat(filepath.Join(dir, legacyTalkers))
+		if err := errors.Join(err1, err2); err != nil {
+			closeMaps(out)
+			return nil, fmt.Errorf("pinned talker maps: %w", err)
+		}
+		// bpffs sets a pin's modification time when it is made.
+		match = table.ModTime().After(legacy.ModTime())
 	}
 	if match || len(out) == 0 {
 		closeMaps(out)
@@ -496,12 +512,13 @@ func add(sum, v *lanmonitorLmTalker) {
 
 // readTalkerTable reads the sources of a talker table: the slots lm_slot_of
 // names whose address matches and whose packets are not zero, in slot
-// order (the order they came in).
+// order. Nil (nothing to carry) for maps not of one table: another layout,
+// or the pins of two tables (an agent killed while pinning a new one).
 func readTalkerTable(slotOf, counts, addrs *ebpf.Map) ([]carried, error) {
 	slots := int(addrs.MaxEntries())
 	if slotOf.Type() != ebpf.Hash || int(slotOf.KeySize()) != addrSize || slotOf.ValueSize() != 4 ||
 		int(counts.ValueSize()) != talkerSize || int(addrs.ValueSize()) != addrSize ||
-		slots == 0 || int(counts.MaxEntries())%slots != 0 {
+		slots == 0 || int(slotOf.MaxEntries()) != slots || int(counts.MaxEntries())%slots != 0 {
 		return nil, nil
 	}
 	stripes := int(counts.MaxEntries()) / slots

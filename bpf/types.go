@@ -109,7 +109,7 @@ type Stats struct {
 	Local              uint64 // frames addressed to this interface
 	Snooped            uint64 // frames addressed to other hosts
 	Exempted           uint64 // blocklist matches passed because the address is protected
-	TalkerInserts      uint64 // sources given a slot of the talker table (evictions = inserts - tracked)
+	TalkerInserts      uint64 // sources given a slot of the talker table by the program (not those carried over at Load)
 	TalkerInsertErrors uint64 // inserts that failed for a reason other than a lost race
 	SamplesLost        uint64 // flow samples lost to a full ring buffer
 	// FilteredSnooped counts frames for other hosts that were ignored
