@@ -80,7 +80,11 @@ static __always_inline int lm_take_slot(struct lm_stats *st, const struct lm_add
 		st->talker_inserts++;
 		return 0;
 	}
-	bpf_map_push_elem(&lm_free_slots, slot, 0);
+	/* The queue holds every slot, so this fails only on a lock the
+	 * kernel gave up on (queue maps take rqspinlock, kernel 6.15+): the slot
+	 * is then lost to this table, and counted. */
+	if (bpf_map_push_elem(&lm_free_slots, slot, 0))
+		st->talker_insert_errors++;
 	if (err == -LM_EEXIST) {
 		found = bpf_map_lookup_elem(&lm_slot_of, src);
 		if (found) {
