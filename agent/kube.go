@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"slices"
 	"sort"
@@ -62,11 +63,30 @@ type KubernetesOptions struct {
 	// (a benchmark of many simulated nodes) leave it off: each retune
 	// forces a collection of the whole process's heap.
 	TuneMemoryLimit bool
+	// StatusSettle is how long the agent waits before writing its status,
+	// plus up to as much again at random (see DefaultStatusSettle): zero
+	// means DefaultStatusSettle, a negative value writes at once.
+	StatusSettle time.Duration
 	// HTTPClient and Mapper, when set, are shared with other agents of the
 	// same process instead of each opening its own (many simulated nodes
-	// in one benchmark); nil means the agent's own, from RESTConfig.
+	// in one benchmark; build the client from KubernetesRESTConfig); nil
+	// means the agent's own, from RESTConfig.
 	HTTPClient *http.Client
 	Mapper     meta.RESTMapper
+}
+
+// KubernetesRESTConfig returns a copy of cfg with the agent's connection
+// settings: response compression off. The API server gzips a watch stream
+// that starts with its initial list (client-go's WatchList; the API
+// server's WatchListCompression, kubernetes/kubernetes#140140) for its whole
+// life, one gzip stream per watcher, so every IPBlock event would be
+// compressed once per node; the events are small and the nodes near the API
+// server (kubernetes/kubernetes#112296 added DisableCompression for such
+// clients). Measured in BenchmarkController (docs/benchmarks.md).
+func KubernetesRESTConfig(cfg *rest.Config) *rest.Config {
+	out := rest.CopyConfig(cfg)
+	out.DisableCompression = true
+	return out
 }
 
 // retryEvery is how often a failed interface is tried again.
@@ -77,10 +97,10 @@ const retryEvery = 5 * time.Second
 // objects) and every IPBlock, decides itself which IPBlocks apply (their
 // nodeSelector against the Node's labels; expiresAt against its wall
 // clock), runs one Manager per monitored interface, and writes
-// the node's report into the LanMonitorNode status: at once when what is
-// applied changes (a new IPBlock generation, an interface attached or lost),
-// otherwise at most once per report interval, and never when nothing
-// changed. It needs no leader election: it only ever writes its own node's
+// the node's report into the LanMonitorNode status: soon after what is
+// applied changes (a new IPBlock generation, an interface attached or lost;
+// StatusSettle), otherwise at most once per report interval, and never when
+// nothing changed. It needs no leader election: it only ever writes its own node's
 // status.
 func RunKubernetes(ctx context.Context, o KubernetesOptions) error {
 	if o.NodeName == "" {
@@ -90,6 +110,10 @@ func RunKubernetes(ctx context.Context, o KubernetesOptions) error {
 		o.Manager.Node = o.NodeName
 	}
 	o.Manager.setDefaults()
+	o.RESTConfig = KubernetesRESTConfig(o.RESTConfig)
+	if o.StatusSettle == 0 {
+		o.StatusSettle = DefaultStatusSettle
+	}
 	if err := o.Manager.Kernel.CheckPrivileges(); err != nil {
 		return err
 	}
@@ -470,7 +494,8 @@ func blockGenerations(blocks []Block) string {
 }
 
 // reconcile starts, reconfigures and stops managers. It reports whether
-// what runs changed (so the status should be written at once).
+// what runs changed (so the status should be written soon, not at the next
+// report interval).
 func (a *nodeAgent) reconcile(specs []v1alpha1.NodeInterfaceSpec, blocks []Block) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -595,8 +620,9 @@ func (a *nodeAgent) interfaceConfig(is v1alpha1.NodeInterfaceSpec, blocks []Bloc
 	return cfg, nil
 }
 
-// report has the status written when it changed: at once when fresh,
-// otherwise at most once per report interval.
+// report has the status written when it changed: soon when fresh
+// (writeStatus waits StatusSettle), otherwise at most once per report
+// interval.
 func (a *nodeAgent) report(lmn *v1alpha1.LanMonitorNode, blocks []Block, fresh bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -619,17 +645,42 @@ func (a *nodeAgent) report(lmn *v1alpha1.LanMonitorNode, blocks []Block, fresh b
 	}
 }
 
+// DefaultStatusSettle is how long writeStatus waits before a write, plus up
+// to as much again at random (KubernetesOptions.StatusSettle). One API
+// change (an IPBlock created) reaches every agent at once; without the
+// wait, the first agents' status writes would compete with the API
+// server's fan-out of that change to the others (each LanMonitorNode write
+// is one more watch event, filtered against every agent's watch), and a
+// thousand nodes would write in the same instant. Changes made together
+// (kubectl apply of a directory) are reported in one write. Measured in
+// BenchmarkController (docs/benchmarks.md).
+const DefaultStatusSettle = 500 * time.Millisecond
+
 // writeStatus writes the pending status, the newest one only, until ctx
-// ends: a merge patch of the status subresource from the status last
-// written. A failed write is tried again a second later, unless a newer
-// status replaced it; a LanMonitorNode that is gone (NotFound) releases
-// every interface at the next sync.
+// ends: StatusSettle (and up to as much again) after it is signalled, a
+// merge patch of the status subresource from the status last written. A
+// failed write is tried again a second later, unless a newer status
+// replaced it; a LanMonitorNode that is gone (NotFound) releases every
+// interface at the next sync.
 func (a *nodeAgent) writeStatus(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-a.writeWake:
+		}
+		if d := a.o.StatusSettle; d > 0 {
+			settle := time.NewTimer(d + rand.N(d))
+			select {
+			case <-ctx.Done():
+				settle.Stop()
+				return
+			case <-settle.C:
+			}
+		}
+		select { // the pending status taken below answers this signal too
+		case <-a.writeWake:
+		default:
 		}
 		a.mu.Lock()
 		w := a.pending

@@ -49,6 +49,9 @@ type agentOptions struct {
 	setup func(node string, k *fake.Kernel)
 	// maxRules is the agents' --max-rules (0: the default).
 	maxRules uint32
+	// statusSettle is the agents' --status-settle (0: the default; < 0:
+	// none).
+	statusSettle time.Duration
 }
 
 // agentConn is the REST mapper the agents of a test binary share (1,000
@@ -86,7 +89,7 @@ func startAgents(t testing.TB, o agentOptions, nodes ...string) map[string]*test
 		// Its own connection to the API server, as on its own node: a
 		// config with a dialer is not served from client-go's transport
 		// cache, which would put every agent's watches on one connection.
-		rc := rest.CopyConfig(env.Config)
+		rc := agent.KubernetesRESTConfig(env.Config)
 		rc.Dial = (&net.Dialer{}).DialContext
 		hc, err := rest.HTTPClientFor(rc)
 		if err != nil {
@@ -96,7 +99,7 @@ func startAgents(t testing.TB, o agentOptions, nodes ...string) map[string]*test
 			defer close(a.done)
 			a.err = agent.RunKubernetes(ctx, agent.KubernetesOptions{
 				NodeName: n, RESTConfig: rc, Serving: agent.Serving{Disabled: true},
-				HTTPClient: hc, Mapper: agentConn.mapper,
+				HTTPClient: hc, Mapper: agentConn.mapper, StatusSettle: o.statusSettle,
 				Manager: agent.Options{Kernel: k, Clock: o.clock, Logger: log, MaxRules: o.maxRules},
 			})
 		}()

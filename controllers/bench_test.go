@@ -42,11 +42,15 @@ import (
 // reported by both runs.
 func BenchmarkController(b *testing.B) {
 	for _, nodes := range []int{100, 1000} {
-		b.Run(fmt.Sprintf("nodes=%d", nodes), func(b *testing.B) { benchControlPlane(b, nodes) })
+		b.Run(fmt.Sprintf("nodes=%d", nodes), func(b *testing.B) { benchControlPlane(b, nodes, 0) })
+		// The agents as before they waited agent.DefaultStatusSettle.
+		b.Run(fmt.Sprintf("nodes=%d,settle=none", nodes), func(b *testing.B) { benchControlPlane(b, nodes, -1) })
 	}
 }
 
-func benchControlPlane(b *testing.B, nodes int) {
+// benchControlPlane runs the sub-benchmarks at nodes agents with the given
+// --status-settle (0: the default, < 0: none).
+func benchControlPlane(b *testing.B, nodes int, settle time.Duration) {
 	cleanup(b)
 	names := make([]string, nodes)
 	for i := range names {
@@ -60,7 +64,7 @@ func benchControlPlane(b *testing.B, nodes int) {
 	ctl := startController(b, true)
 	create(b, monitor("lan", time.Second))
 	tracker := newMapTracker()
-	agents := startAgents(b, agentOptions{setup: func(n string, k *fake.Kernel) { k.OnSync(tracker.node(n)) }}, names...)
+	agents := startAgents(b, agentOptions{setup: func(n string, k *fake.Kernel) { k.OnSync(tracker.node(n)) }, statusSettle: settle}, names...)
 	parallel(b, nodes, 16, func(i int) error {
 		agents[names[i]].receive(b, talkers(i, 100)...)
 		return nil
@@ -85,6 +89,7 @@ func benchControlPlane(b *testing.B, nodes int) {
 			create(b, ipBlock(name, prefix.String()))
 			tracker.wait(b, prefix, nodes)
 			lat = append(lat, time.Since(t0))
+			b.Logf("block %d: in every node's maps after %v; %s", i, lat[len(lat)-1].Round(time.Millisecond), tracker.spread(prefix, t0))
 			first = append(first, tracker.first(prefix).Sub(t0))
 			waitEnforced(b, name, int32(nodes))
 			enforced = append(enforced, time.Since(t0))
@@ -247,18 +252,33 @@ type mapTracker struct {
 	changed chan struct{}
 	tables  map[string]map[netip.Prefix]bpf.Rule // by node
 	firstAt map[netip.Prefix]time.Time           // when a prefix was first in a node's maps
+	arrive  map[netip.Prefix][]time.Time         // when it reached each node's maps, in order
 }
 
 func newMapTracker() *mapTracker {
 	return &mapTracker{changed: make(chan struct{}, 1), tables: map[string]map[netip.Prefix]bpf.Rule{},
-		firstAt: map[netip.Prefix]time.Time{}}
+		firstAt: map[netip.Prefix]time.Time{}, arrive: map[netip.Prefix][]time.Time{}}
 }
 
-// forget forgets when p first reached a node's maps.
+// forget forgets when p reached the nodes' maps.
 func (t *mapTracker) forget(p netip.Prefix) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	delete(t.firstAt, p)
+	delete(t.arrive, p)
+}
+
+// spread describes when p reached the nodes' maps, counted from t0: the
+// first node, then the 10th, 50th, 90th and 99th percentile of nodes.
+func (t *mapTracker) spread(p netip.Prefix, t0 time.Time) string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	arr := t.arrive[p]
+	if len(arr) == 0 {
+		return "in no node's maps"
+	}
+	at := func(q float64) time.Duration { return arr[int(q*float64(len(arr)-1))].Sub(t0).Round(time.Millisecond) }
+	return fmt.Sprintf("first node %v, 10%% %v, 50%% %v, 90%% %v, 99%% %v", at(0), at(0.1), at(0.5), at(0.9), at(0.99))
 }
 
 // first returns when p first reached a node's maps.
@@ -273,6 +293,11 @@ func (t *mapTracker) node(name string) func(kernel.Tables) {
 	return func(tables kernel.Tables) {
 		now := time.Now()
 		t.mu.Lock()
+		for p := range tables[bpf.TableSource] {
+			if _, ok := t.tables[name][p]; !ok {
+				t.arrive[p] = append(t.arrive[p], now)
+			}
+		}
 		t.tables[name] = tables[bpf.TableSource]
 		for p := range tables[bpf.TableSource] {
 			if _, ok := t.firstAt[p]; !ok {

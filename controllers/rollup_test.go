@@ -17,6 +17,7 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/lanmonitor/lanmonitor/agent"
 	"github.com/lanmonitor/lanmonitor/agent/kernel/fake"
 	lanmonitorv1alpha1 "github.com/lanmonitor/lanmonitor/api/v1alpha1"
 	"github.com/lanmonitor/lanmonitor/bpf"
@@ -562,5 +563,49 @@ func TestConcurrency(t *testing.T) {
 		if e := agents[n].Errors(); e != 0 {
 			t.Errorf("agent %s logged %d errors", n, e)
 		}
+	}
+}
+
+// TestStatusSettle: IPBlocks created together cost each node one status
+// write, which reports all of them: an agent waits agent.DefaultStatusSettle
+// (and up to as much again) after a change before it writes.
+func TestStatusSettle(t *testing.T) {
+	t.Cleanup(func() { cleanup(t) })
+	names := nodeNames(3)
+	for _, n := range names {
+		createNodes(t, node{name: n})
+	}
+	startController(t, false)
+	create(t, monitor("lan", time.Hour)) // no periodic report during the test
+	startAgents(t, agentOptions{}, names...)
+	eventually(t, 10*time.Second, func() error {
+		if r := getMonitor(t, "lan").Status.Nodes.Ready; r != 3 {
+			return fmt.Errorf("%d nodes ready", r)
+		}
+		return nil
+	})
+	time.Sleep(2 * agent.DefaultStatusSettle) // the last write of the start
+
+	before, _ := statusWrites(t)
+	start := time.Now()
+	blocks := []string{"a", "b", "c"}
+	for i, name := range blocks {
+		create(t, ipBlock(name, fmt.Sprintf("198.18.%d.0/24", i)))
+	}
+	if d := time.Since(start); d >= agent.DefaultStatusSettle {
+		t.Fatalf("creating 3 IPBlocks took %v, not within one settle time (%v): the API server is too slow for this test", d, agent.DefaultStatusSettle)
+	}
+	for _, name := range blocks {
+		waitEnforced(t, name, 3)
+	}
+	for _, n := range names {
+		if got := len(getNode(t, n).Status.IPBlocks); got != 3 {
+			t.Errorf("%s reports %d IPBlocks, want 3", n, got)
+		}
+	}
+	time.Sleep(2 * agent.DefaultStatusSettle) // any late write
+	after, _ := statusWrites(t)
+	if got := after - before; got != len(names) {
+		t.Errorf("%d status writes for 3 IPBlocks created together on %d nodes, want %d (one per node)", got, len(names), len(names))
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/rest"
@@ -88,6 +89,7 @@ func newKubernetesCommand() *cobra.Command {
 		kubeconfig string
 		serving    agent.Serving
 		cleanup    bool
+		settle     time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "kubernetes [--node-name NODE] [--kubeconfig FILE]",
@@ -123,8 +125,11 @@ naming it. --cleanup-on-exit releases everything on SIGTERM instead.`,
 			if !cmd.Flags().Changed("listen") {
 				serving.Listen = defaultKubernetesListen(os.Getenv("HOST_IP"))
 			}
+			if settle == 0 {
+				settle = -1 // written at once
+			}
 			return agent.RunKubernetes(ctx, agent.KubernetesOptions{NodeName: node, RESTConfig: rc, Serving: serving, CleanupOnExit: cleanup,
-				TuneMemoryLimit: true, Manager: opts})
+				TuneMemoryLimit: true, StatusSettle: settle, Manager: opts})
 		},
 	}
 	c.register(cmd)
@@ -133,6 +138,7 @@ naming it. --cleanup-on-exit releases everything on SIGTERM instead.`,
 	cmd.Flags().StringArrayVar(&serving.Listen, "listen", nil, "address of the JSON API, dashboard, /metrics and probes (repeatable; default $HOST_IP:9470 and 127.0.0.1:9470)")
 	cmd.Flags().StringVar(&serving.CertDir, "tls-cert-dir", "", "directory with tls.crt and tls.key (default: a self-signed certificate)")
 	cmd.Flags().BoolVar(&serving.Insecure, "insecure-listen", false, "serve plain HTTP without authentication (development only: anyone who reaches --listen reads the traffic report)")
+	cmd.Flags().DurationVar(&settle, "status-settle", agent.DefaultStatusSettle, "wait this long, plus up to as long again at random, before writing the node's status after a change (0: at once); keeps a thousand nodes from writing in the same instant")
 	cmd.Flags().BoolVar(&cleanup, "cleanup-on-exit", false, "on SIGTERM detach, unpin and restore every interface instead of leaving them to the next agent")
 	return cmd
 }
