@@ -100,8 +100,8 @@ const retryEvery = 5 * time.Second
 // the node's report into the LanMonitorNode status: soon after what is
 // applied changes (a new IPBlock generation, an interface attached or lost;
 // StatusSettle), otherwise at most once per report interval, and never when
-// nothing changed. It needs no leader election: it only ever writes its own node's
-// status.
+// nothing changed. It needs no leader election: it only ever writes its own
+// node's status.
 func RunKubernetes(ctx context.Context, o KubernetesOptions) error {
 	if o.NodeName == "" {
 		return errors.New("node name: set NODE_NAME (the downward API's spec.nodeName) or --node-name")
