@@ -249,8 +249,10 @@ func TestExpiry(t *testing.T) {
 		}
 		return nil
 	})
-	// metav1.Time has a resolution of one second.
-	expiresAt := time.Now().Truncate(time.Second).Add(3 * time.Second)
+	// metav1.Time has a resolution of one second. 3-4 s from now: the new
+	// generation is Enforced once both nodes report it, 0.5-1 s (the status
+	// settle) after they applied it.
+	expiresAt := time.Now().Truncate(time.Second).Add(4 * time.Second)
 	updateBlock(t, "temporary", func(s *lanmonitorv1alpha1.IPBlockSpec) { s.ExpiresAt = &metav1.Time{Time: expiresAt} })
 	b = waitEnforced(t, "temporary", 2)
 	if c := findCondition(b.Status.Conditions, lanmonitorv1alpha1.ConditionExpired); c.Status != metav1.ConditionFalse ||

@@ -17,7 +17,6 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/lanmonitor/lanmonitor/agent"
 	"github.com/lanmonitor/lanmonitor/agent/kernel/fake"
 	lanmonitorv1alpha1 "github.com/lanmonitor/lanmonitor/api/v1alpha1"
 	"github.com/lanmonitor/lanmonitor/bpf"
@@ -567,24 +566,27 @@ func TestConcurrency(t *testing.T) {
 }
 
 // TestStatusSettle: IPBlocks created together cost each node one status
-// write, which reports all of them: an agent waits agent.DefaultStatusSettle
-// (and up to as much again) after a change before it writes.
+// write, which reports all of them: an agent waits its --status-settle (and
+// up to as much again) after a change before it writes. The test gives the
+// agents 1.5 s (the default is agent.DefaultStatusSettle) so that a loaded
+// API server still takes the three creates within one settle time.
 func TestStatusSettle(t *testing.T) {
 	t.Cleanup(func() { cleanup(t) })
+	const settle = 1500 * time.Millisecond
 	names := nodeNames(3)
 	for _, n := range names {
 		createNodes(t, node{name: n})
 	}
 	startController(t, false)
 	create(t, monitor("lan", time.Hour)) // no periodic report during the test
-	startAgents(t, agentOptions{}, names...)
+	startAgents(t, agentOptions{statusSettle: settle}, names...)
 	eventually(t, 10*time.Second, func() error {
 		if r := getMonitor(t, "lan").Status.Nodes.Ready; r != 3 {
 			return fmt.Errorf("%d nodes ready", r)
 		}
 		return nil
 	})
-	time.Sleep(2 * agent.DefaultStatusSettle) // the last write of the start
+	time.Sleep(2 * settle) // the last write of the start
 
 	before, _ := statusWrites(t)
 	start := time.Now()
@@ -592,8 +594,8 @@ func TestStatusSettle(t *testing.T) {
 	for i, name := range blocks {
 		create(t, ipBlock(name, fmt.Sprintf("198.18.%d.0/24", i)))
 	}
-	if d := time.Since(start); d >= agent.DefaultStatusSettle {
-		t.Fatalf("creating 3 IPBlocks took %v, not within one settle time (%v): the API server is too slow for this test", d, agent.DefaultStatusSettle)
+	if d := time.Since(start); d >= settle {
+		t.Fatalf("creating 3 IPBlocks took %v, not within one settle time (%v): the API server is too slow for this test", d, settle)
 	}
 	for _, name := range blocks {
 		waitEnforced(t, name, 3)
@@ -603,7 +605,7 @@ func TestStatusSettle(t *testing.T) {
 			t.Errorf("%s reports %d IPBlocks, want 3", n, got)
 		}
 	}
-	time.Sleep(2 * agent.DefaultStatusSettle) // any late write
+	time.Sleep(2 * settle) // any late write
 	after, _ := statusWrites(t)
 	if got := after - before; got != len(names) {
 		t.Errorf("%d status writes for 3 IPBlocks created together on %d nodes, want %d (one per node)", got, len(names), len(names))
